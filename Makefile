@@ -1,0 +1,52 @@
+# Two entry points: `make demo` and `make test`. Both bootstrap .venv themselves.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+
+.PHONY: demo test check lint typecheck bench services fixtures clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/python fixtures/demo.py
+
+# System services the tests start for themselves (on free ports): redis-server,
+# promtool and Node's s3rver. Installed here when missing so CI is self-sufficient.
+services:
+	@command -v redis-server >/dev/null 2>&1 || { echo "installing redis-server"; \
+	  (apt-get update -qq && apt-get install -y -qq redis-server) >/dev/null 2>&1 || \
+	  (sudo apt-get update -qq && sudo apt-get install -y -qq redis-server) >/dev/null; }
+	@command -v promtool >/dev/null 2>&1 || { echo "installing promtool (Debian prometheus)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus) >/dev/null 2>&1 || \
+	  (sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus) >/dev/null; }
+	@test -x tests/node_modules/.bin/s3rver || (cd tests && npm install --no-audit --no-fund --silent)
+
+lint: $(TEST_STAMP)
+	$(BIN)/ruff check worker tests fixtures bench
+	$(BIN)/ruff format --check worker tests fixtures bench
+
+typecheck: $(TEST_STAMP)
+	$(BIN)/mypy
+
+check: lint typecheck
+
+test: $(TEST_STAMP) services check
+	$(BIN)/python -m pytest -q tests
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) out .fixtures-cache build dist *.egg-info

@@ -1,0 +1,242 @@
+"""``render-cli``: the worker's pipeline on local files, plus queue helpers.
+
+Errors leave as :class:`CliError` carrying the error code and an exit status,
+so scripts can tell bad input (2) from bad media (3) from encoder trouble (4).
+``sys.exit`` is only ever reached through click, here.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import threading
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from worker import presets as presets_mod
+from worker.errors import ErrorCode, InvalidJob, RenderError
+from worker.graph import OutputSpec
+from worker.plan import Segment, parse_segments
+from worker.settings import Settings
+
+EXIT_CODES: dict[ErrorCode, int] = {
+    ErrorCode.INVALID_JOB: 2,
+    ErrorCode.SOURCE_NOT_FOUND: 3,
+    ErrorCode.SOURCE_UNREADABLE: 3,
+    ErrorCode.SOURCE_NO_VIDEO: 3,
+    ErrorCode.SOURCE_NO_AUDIO: 3,
+    ErrorCode.SOURCE_TOO_LARGE: 3,
+    ErrorCode.ENCODE_FAILED: 4,
+    ErrorCode.STORAGE_FAILED: 5,
+    ErrorCode.TIMEOUT: 6,
+    ErrorCode.INTERNAL_ERROR: 1,
+}
+
+
+class CliError(click.ClickException):
+    """A RenderError on its way out: message with the code, and a matching exit status."""
+
+    def __init__(self, err: RenderError) -> None:
+        super().__init__(f"[{err.code.value}] {err.message}")
+        self.exit_code = EXIT_CODES.get(err.code, 1)
+        self.error = err
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.message}", err=True)
+
+
+def fail(err: RenderError) -> NoReturn:
+    raise CliError(err)
+
+
+def load_plan(path: Path | None, max_segments: int) -> list[Segment] | None:
+    """Read a cut plan file: ``{"segments": [...]}`` (or the bare list)."""
+    if path is None:
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InvalidJob(f"cannot read cut plan {path}: {exc}") from exc
+    if isinstance(data, dict):
+        if "segments" not in data:
+            raise InvalidJob(f"cut plan {path} has no 'segments' field")
+        data = data["segments"]
+    return parse_segments(data, max_segments=max_segments)
+
+
+def output_spec(fmt: str, resolution: str | None, vb: int | None, ab: int | None) -> OutputSpec:
+    return OutputSpec.from_dict({"format": fmt, "resolution": resolution, "video_bitrate": vb, "audio_bitrate": ab})
+
+
+def output_options(func: Any) -> Any:
+    tiers = presets_mod.load_tiers()
+    opts = [
+        click.option("--cut", "cut", type=click.Path(dir_okay=False, path_type=Path), help="Cut plan JSON."),
+        click.option("--format", "fmt", required=True, type=click.Choice(presets_mod.FORMATS)),
+        click.option("--resolution", type=click.Choice(list(tiers.resolutions)), default=None),
+        click.option(
+            "--video-bitrate",
+            type=click.Choice([str(x) for x in tiers.video_allowed_mbps]),
+            default=None,
+            help="Mbps (default: Auto)",
+        ),
+        click.option(
+            "--audio-bitrate",
+            type=click.Choice([str(x) for x in tiers.audio_allowed_kbps]),
+            default=None,
+            help="kbps (default: Auto)",
+        ),
+    ]
+    for opt in reversed(opts):
+        func = opt(func)
+    return func
+
+
+def _int(v: str | None) -> int | None:
+    return int(v) if v is not None else None
+
+
+class _Progress:
+    """A bar on a terminal, plain lines (every 10 %) otherwise."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.tty = sys.stderr.isatty()
+        self.enabled = enabled
+        self.last = -1
+        self.bar: Any = None
+        self.lock = threading.Lock()
+
+    def __enter__(self) -> _Progress:
+        if self.enabled and self.tty:
+            self.bar = click.progressbar(length=1000, label="rendering", file=sys.stderr)
+            self.bar.__enter__()
+        return self
+
+    def __call__(self, ratio: float) -> None:
+        if not self.enabled:
+            return
+        with self.lock:
+            if self.bar is not None:
+                self.bar.update(int(ratio * 1000) - self.bar.pos)
+                return
+            step = int(ratio * 10)
+            if step > self.last:
+                self.last = step
+                click.echo(f"progress {step * 10}%", err=True)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+
+@click.group()
+@click.version_option(package_name="render-worker")
+def main() -> None:
+    """Render cut plans with the worker's pipeline, on local files or through the queue."""
+
+
+@main.command()
+@click.argument("source", type=click.Path(dir_okay=False, path_type=Path))
+@output_options
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--nvenc", type=click.Choice(["auto", "off"]), default=None, help="Override RENDER_NVENC.")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+def render(
+    source: Path,
+    cut: Path | None,
+    fmt: str,
+    resolution: str | None,
+    video_bitrate: str | None,
+    audio_bitrate: str | None,
+    output: Path,
+    nvenc: str | None,
+    quiet: bool,
+) -> None:
+    """Render SOURCE through a cut plan into OUTPUT; prints the result as JSON."""
+    from worker.render import render as do_render
+
+    settings = Settings.from_env()
+    if nvenc:
+        settings = settings.replace(nvenc=nvenc)
+    try:
+        segments = load_plan(cut, settings.max_segments)
+        spec = output_spec(fmt, resolution, _int(video_bitrate), _int(audio_bitrate))
+        with _Progress(not quiet) as progress:
+            result = do_render(source, segments, spec, output, settings=settings, on_progress=progress)
+    except RenderError as err:
+        fail(err)
+    click.echo(json.dumps(result.to_dict(), indent=2))
+    if not quiet:
+        click.echo(f"wrote {result.path} ({result.duration_s:.3f} s, {result.encoder} encoder)", err=True)
+
+
+@main.command()
+@click.argument("source", type=click.Path(dir_okay=False, path_type=Path))
+def probe(source: Path) -> None:
+    """Print what the probe sees in SOURCE, as JSON."""
+    from worker.probe import probe as do_probe
+
+    try:
+        info = do_probe(source)
+    except RenderError as err:
+        fail(err)
+    click.echo(json.dumps(info.to_dict(), indent=2))
+
+
+@main.command()
+@click.argument("source", type=click.Path(dir_okay=False, path_type=Path))
+@output_options
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("out.render"))
+@click.option("--variant", type=click.Choice(presets_mod.VARIANTS), default="cpu")
+def graph(
+    source: Path,
+    cut: Path | None,
+    fmt: str,
+    resolution: str | None,
+    video_bitrate: str | None,
+    audio_bitrate: str | None,
+    output: Path,
+    variant: str,
+) -> None:
+    """Print the exact ffmpeg command and filter graph, without running them."""
+    from worker import ffmpeg
+    from worker.render import command_for, plan_render
+
+    settings = Settings.from_env()
+    try:
+        segments = load_plan(cut, settings.max_segments)
+        spec = output_spec(fmt, resolution, _int(video_bitrate), _int(audio_bitrate))
+        plan = plan_render(source, segments, spec)
+    except RenderError as err:
+        fail(err)
+    preset = presets_mod.load_preset(fmt, variant)
+    graph_file = "graph.txt"
+    argv = [ffmpeg.resolve_ffmpeg(settings.ffmpeg_path or None)]
+    argv += command_for(plan, preset, graph_file, str(output))
+    click.echo("# ffmpeg command (graph.txt holds the filter graph below)")
+    click.echo(shlex.join(argv))
+    click.echo("# filter graph (graph.txt)")
+    click.echo(plan.graph(preset), nl=False)
+
+
+@main.command(name="presets")
+def presets_cmd() -> None:
+    """List the encoding presets and the option tiers, as JSON."""
+    import dataclasses
+
+    try:
+        data = {
+            "presets": [dataclasses.asdict(p) for p in presets_mod.all_presets()],
+            "tiers": dataclasses.asdict(presets_mod.load_tiers()),
+            "directory": str(presets_mod.presets_dir()),
+        }
+    except RenderError as err:
+        fail(err)
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

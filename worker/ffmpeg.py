@@ -1,0 +1,137 @@
+"""Run ffmpeg: argument list in, progress out, killable, errors with context.
+
+* Never a shell: ``subprocess.Popen`` gets a list, so nothing in a job can be
+  interpreted as shell syntax.
+* Progress comes from ``-progress pipe:1`` (``out_time_us``) and is reported
+  through a callback as a 0..1 ratio of the expected output duration.
+* The wait is a poll loop, not a blocking ``wait()``, so a cancel event or a
+  deadline kills ffmpeg within a fraction of a second.
+* stderr is kept as a bounded tail for the error message.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO
+
+from worker.errors import Cancelled, EncodeError, RenderError, RenderTimeout
+
+ProgressFn = Callable[[float], None]
+POLL_S = 0.05
+STDERR_TAIL_LINES = 40
+
+
+@functools.cache
+def default_ffmpeg() -> str:
+    import imageio_ffmpeg
+
+    return str(imageio_ffmpeg.get_ffmpeg_exe())
+
+
+def resolve_ffmpeg(path: str | None = None) -> str:
+    """The configured binary (RENDER_FFMPEG_PATH via settings) or the bundled one."""
+    return path or default_ffmpeg()
+
+
+def _pump_progress(stream: IO[bytes], total_s: float, on_progress: ProgressFn | None) -> None:
+    last = -1.0
+    for raw in stream:
+        line = raw.decode("utf-8", "replace").strip()
+        key, _, value = line.partition("=")
+        if key == "out_time_us" and on_progress and total_s > 0:
+            try:
+                ratio = min(1.0, max(0.0, int(value) / 1e6 / total_s))
+            except ValueError:
+                continue
+            if ratio > last:
+                last = ratio
+                on_progress(ratio)
+        elif key == "progress" and value == "end" and on_progress:
+            on_progress(1.0)
+
+
+def _pump_tail(stream: IO[bytes], tail: collections.deque[str]) -> None:
+    for raw in stream:
+        tail.append(raw.decode("utf-8", "replace").rstrip())
+
+
+def run(
+    args: Sequence[str],
+    *,
+    ffmpeg: str | None = None,
+    expected_duration_s: float = 0.0,
+    on_progress: ProgressFn | None = None,
+    cancel: threading.Event | None = None,
+    deadline: float | None = None,
+    error_cls: type[RenderError] = EncodeError,
+    cwd: str | os.PathLike[str] | None = None,
+) -> None:
+    """Run ffmpeg with ``args``; raise on failure, cancel or deadline (monotonic time)."""
+    argv = [resolve_ffmpeg(ffmpeg), *args]
+    tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
+            start_new_session=True,  # a terminal's Ctrl-C goes to us, and we decide
+        )
+    except OSError as exc:
+        raise EncodeError(f"cannot start ffmpeg ({argv[0]}): {exc}") from exc
+    assert proc.stdout is not None and proc.stderr is not None
+    readers = [
+        threading.Thread(target=_pump_progress, args=(proc.stdout, expected_duration_s, on_progress), daemon=True),
+        threading.Thread(target=_pump_tail, args=(proc.stderr, tail), daemon=True),
+    ]
+    for t in readers:
+        t.start()
+    stop: RenderError | None = None
+    try:
+        while proc.poll() is None:
+            if cancel is not None and cancel.is_set():
+                stop = Cancelled("the render was cancelled")
+            elif deadline is not None and time.monotonic() > deadline:
+                stop = RenderTimeout("the render ran past its time limit")
+            if stop is not None:
+                proc.kill()
+                proc.wait()
+                break
+            time.sleep(POLL_S)
+    finally:
+        if proc.poll() is None:  # an exception in the loop (KeyboardInterrupt, say)
+            proc.kill()
+            proc.wait()
+        for t in readers:
+            t.join(timeout=2)
+    if stop is not None:
+        raise stop
+    if proc.returncode != 0:
+        detail = "\n".join(tail)
+        last = next((line for line in reversed(tail) if line.strip()), "no error output")
+        raise error_cls(f"ffmpeg exited with status {proc.returncode}: {last}", detail=detail)
+
+
+def run_quick(args: Sequence[str], *, ffmpeg: str | None = None, timeout_s: float = 15.0) -> tuple[int, str]:
+    """A short ffmpeg run (probes): returns (exit status, stderr); -1 on timeout."""
+    argv = [resolve_ffmpeg(ffmpeg), *args]
+    try:
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        return -1, f"timed out after {timeout_s} s"
+    except OSError as exc:
+        return -1, str(exc)
+    return done.returncode, done.stderr.decode("utf-8", "replace")
+
+
+def temp_output_path(final: Path, suffix: str) -> Path:
+    """A sibling of ``final`` that is renamed into place only on success."""
+    return final.with_name(f".{final.name}.{os.getpid()}.{threading.get_ident()}.partial{suffix}")

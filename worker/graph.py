@@ -1,0 +1,298 @@
+"""Build the one ffmpeg filter graph (and argument list) that renders a timeline.
+
+Pure: takes a probed source, a snapped timeline, the output options and a
+preset, returns text and argv. Nothing here runs ffmpeg.
+
+Shape of the graph for a video source with N pieces::
+
+    [0:v] fps=R, split=N ─► trim=start_pts:end_pts (frames) ─┐
+    [0:a] asettb=1/SR, apad, asplit=N ─► atrim (samples), afade ─┤► concat=n=N:v=1:a=1
+                                          ─► scale/crop, format ─► settle timestamps ─► encoders
+
+Why this shape:
+
+* ``fps`` puts every source (CFR or VFR) on one frame grid whose time base is
+  ``1/R``, so ``trim=start_pts/end_pts`` selects whole frames by integer index,
+  and a VFR source becomes CFR at its average rate, mapped by timestamp.
+* ``asettb=1/SR`` makes audio timestamps count samples, so ``atrim`` is
+  sample-exact with integers (``start``/``end`` in seconds go through
+  microseconds and can be a sample off, which adds up over many cuts).
+* Each trim drops the frames outside its range as they pass, and the pieces
+  are in source order, so ``split`` never has to hold frames for a later piece:
+  memory stays flat whether there are 10 pieces or 1000.
+* Scaling happens once, after ``concat``, on the kept frames only.
+* ``apad`` covers sources whose audio ends a little before the video, so the
+  last piece still has its full length of samples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from fractions import Fraction
+from typing import Any
+
+from worker.errors import ErrorCode, InvalidJob, SourceError
+from worker.plan import Timeline
+from worker.presets import Preset, Tiers, load_tiers
+from worker.probe import FORMAT_WHITELIST, PROTOCOL_WHITELIST, SourceInfo
+
+RESOLUTIONS = ("720p", "1080p", "4k")
+# Sample rate for a silent track added to a video output whose source has no audio.
+SILENT_RATE = 48000
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputSpec:
+    format: str
+    resolution: str | None = None
+    video_bitrate: int | None = None  # Mbps
+    audio_bitrate: int | None = None  # kbps
+
+    @classmethod
+    def from_dict(cls, raw: Any, tiers: Tiers | None = None) -> OutputSpec:
+        """Validate the ``output`` object of a job; errors name the field and value."""
+        tiers = tiers or load_tiers()
+        if not isinstance(raw, dict):
+            raise InvalidJob(f"output must be an object, got {raw!r}")
+        unknown = set(raw) - {"format", "resolution", "video_bitrate", "audio_bitrate"}
+        if unknown:
+            raise InvalidJob(f"output has unknown field(s): {', '.join(sorted(unknown))}")
+        fmt = raw.get("format")
+        if fmt not in ("mp4", "mov", "m4a", "mp3"):
+            raise InvalidJob(f"output.format must be one of mp4, mov, m4a, mp3; got {fmt!r}")
+        res = raw.get("resolution")
+        if res is not None and res not in tiers.resolutions:
+            raise InvalidJob(f"output.resolution must be one of {', '.join(tiers.resolutions)} or null; got {res!r}")
+        vb = raw.get("video_bitrate")
+        if vb is not None and (isinstance(vb, bool) or vb not in tiers.video_allowed_mbps):
+            allowed = ", ".join(map(str, tiers.video_allowed_mbps))
+            raise InvalidJob(f"output.video_bitrate must be one of {allowed} (Mbps) or null; got {vb!r}")
+        ab = raw.get("audio_bitrate")
+        if ab is not None and (isinstance(ab, bool) or ab not in tiers.audio_allowed_kbps):
+            allowed = ", ".join(map(str, tiers.audio_allowed_kbps))
+            raise InvalidJob(f"output.audio_bitrate must be one of {allowed} (kbps) or null; got {ab!r}")
+        return cls(format=fmt, resolution=res, video_bitrate=vb, audio_bitrate=ab)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodeSettings:
+    """What the output will be: the decisions the graph and argv are built from."""
+
+    width: int | None
+    height: int | None
+    crop_odd: bool  # whether an odd source edge is cropped by one pixel
+    video_bps: int | None
+    audio_bps: int
+    sample_rate: int
+    channels: int
+    downmix: str | None  # channel layout to convert to, when the encoder needs fewer channels
+
+
+def _even(n: float) -> int:
+    return max(2, int(round(n / 2)) * 2)
+
+
+def output_size(src_w: int, src_h: int, resolution: str | None, tiers: Tiers) -> tuple[int, int, bool]:
+    """Display size of the output: shorter edge at the tier, never upscaled, even.
+
+    Returns (width, height, scaled). When not scaled, an odd edge loses one pixel
+    (cropped, not resampled) so the rest of the picture stays untouched.
+    """
+    short = min(src_w, src_h)
+    if resolution is not None and short > tiers.resolutions[resolution]:
+        target = tiers.resolutions[resolution]
+        if src_w <= src_h:
+            return target - target % 2, _even(src_h * target / src_w), True
+        return _even(src_w * target / src_h), target - target % 2, True
+    return src_w - src_w % 2, src_h - src_h % 2, False
+
+
+def _source_video_bps(info: SourceInfo) -> int | None:
+    if info.video is None:
+        return None
+    if info.video.bit_rate:
+        return info.video.bit_rate
+    if info.bit_rate:
+        audio = info.audio.bit_rate if info.audio and info.audio.bit_rate else 0
+        return max(1, info.bit_rate - audio)
+    return None
+
+
+def decide(info: SourceInfo, spec: OutputSpec, preset: Preset, tiers: Tiers | None = None) -> EncodeSettings:
+    """Pick sizes, bitrates and audio layout; raise when the source can't make this format."""
+    tiers = tiers or load_tiers()
+    if preset.has_video and info.video is None:
+        raise SourceError(
+            f"{spec.format} needs a video stream but the source has none", code=ErrorCode.SOURCE_NO_VIDEO
+        )
+    if not preset.has_video and info.audio is None:
+        raise SourceError(
+            f"{spec.format} needs an audio stream but the source has none", code=ErrorCode.SOURCE_NO_AUDIO
+        )
+    width = height = None
+    crop_odd = False
+    video_bps = None
+    if preset.has_video:
+        assert info.video is not None
+        dw, dh = info.video.display_width, info.video.display_height
+        width, height, scaled = output_size(dw, dh, spec.resolution, tiers)
+        crop_odd = not scaled and (dw % 2 == 1 or dh % 2 == 1)
+        wanted = spec.video_bitrate * 1_000_000 if spec.video_bitrate else tiers.auto_video_bps(min(width, height))
+        src_bps = _source_video_bps(info)
+        video_bps = min(wanted, src_bps) if src_bps else wanted
+
+    if info.audio is not None:
+        src_rate, src_channels = info.audio.sample_rate, info.audio.channels
+        src_abps = info.audio.bit_rate
+    else:
+        src_rate, src_channels, src_abps = SILENT_RATE, 2, None
+    sample_rate = src_rate if src_rate in preset.audio_sample_rates else preset.audio_sample_rates[0]
+    channels = src_channels
+    downmix = None
+    if src_channels > preset.audio_max_channels or src_channels not in (1, 2, 6):
+        channels = 2 if src_channels > 1 else 1
+        downmix = "stereo" if channels == 2 else "mono"
+    wanted_a = (spec.audio_bitrate or tiers.audio_auto_kbps) * 1000
+    audio_bps = min(wanted_a, src_abps) if src_abps else wanted_a
+    return EncodeSettings(
+        width=width,
+        height=height,
+        crop_odd=crop_odd,
+        video_bps=video_bps,
+        audio_bps=audio_bps,
+        sample_rate=sample_rate,
+        channels=channels,
+        downmix=downmix,
+    )
+
+
+def _rate(r: Fraction) -> str:
+    return f"{r.numerator}/{r.denominator}"
+
+
+def build_graph(info: SourceInfo, timeline: Timeline, preset: Preset, enc: EncodeSettings) -> str:
+    """The filter graph text; its outputs are labelled ``[vout]`` and ``[aout]``."""
+    pieces = timeline.pieces
+    n = len(pieces)
+    chains: list[str] = []
+    use_video = preset.has_video
+    use_audio = info.audio is not None
+    concat_in: list[str] = []
+
+    if use_video:
+        assert info.video is not None
+        vin = f"[0:{info.video.index}]fps=fps={_rate(timeline.rate)}:round=near"
+        if n == 1:
+            chains.append(f"{vin}[vsrc0]")
+        else:
+            chains.append(f"{vin},split={n}" + "".join(f"[vsrc{i}]" for i in range(n)))
+    if use_audio:
+        assert info.audio is not None and timeline.sample_rate is not None
+        sr = timeline.sample_rate
+        need = max(p.a_src + p.a_len for p in pieces)
+        # apad counts samples from the stream's own first sample.
+        pad_to = need - round(info.audio.start * sr) + 1
+        ain = f"[0:{info.audio.index}]asettb=1/{sr},apad=whole_len={max(pad_to, 1)}"
+        if n == 1:
+            chains.append(f"{ain}[asrc0]")
+        else:
+            chains.append(f"{ain},asplit={n}" + "".join(f"[asrc{i}]" for i in range(n)))
+
+    fade = timeline.fade_samples
+    for i, p in enumerate(pieces):
+        if use_video:
+            # After fps the time base is 1/R, so pts are frame numbers on the grid.
+            chains.append(f"[vsrc{i}]trim=start_pts={p.src}:end_pts={p.src + p.length},setpts=PTS-STARTPTS[v{i}]")
+            concat_in.append(f"[v{i}]")
+        if use_audio:
+            filters = [f"atrim=start_pts={p.a_src}:end_pts={p.a_src + p.a_len}"]
+            f = min(fade, p.a_len // 2)
+            if p.fade_in and f > 0:
+                filters.append(f"afade=t=in:start_sample={p.a_src}:nb_samples={f}")
+            if p.fade_out and f > 0:
+                filters.append(f"afade=t=out:start_sample={p.a_src + p.a_len - f}:nb_samples={f}")
+            filters.append("asetpts=PTS-STARTPTS")
+            chains.append(f"[asrc{i}]" + ",".join(filters) + f"[a{i}]")
+            concat_in.append(f"[a{i}]")
+
+    v_label, a_label = "[vcat]", "[acat]"
+    if n == 1:
+        v_label, a_label = "[v0]", "[a0]"
+    else:
+        outs = (v_label if use_video else "") + (a_label if use_audio else "")
+        chains.append("".join(concat_in) + f"concat=n={n}:v={int(use_video)}:a={int(use_audio)}{outs}")
+
+    if use_video:
+        post = []
+        if enc.crop_odd:
+            post.append(f"crop={enc.width}:{enc.height}:0:0")
+        elif enc.width and enc.height and info.video is not None:
+            if (enc.width, enc.height) != (info.video.display_width, info.video.display_height):
+                post.append(f"scale={enc.width}:{enc.height}:flags=bicubic")
+        post.append("format=yuv420p")
+        # Concat offsets each piece by its longer stream; restate frame times on
+        # the exact grid so the encoder sees clean CFR timestamps.
+        post.append(f"settb=1/({_rate(timeline.rate)}),setpts=N")
+        chains.append(v_label + ",".join(post) + "[vout]")
+
+    total_samples_out = round(timeline.duration * enc.sample_rate) if use_video else None
+    if use_audio:
+        assert timeline.sample_rate is not None
+        post = ["asetpts=N/SR/TB"]
+        if enc.downmix:
+            post.append(f"aformat=channel_layouts={enc.downmix}")
+        if enc.sample_rate != timeline.sample_rate:
+            post.append(f"aresample={enc.sample_rate}")
+        chains.append(a_label + ",".join(post) + "[aout]")
+    elif use_video:
+        # A video output always carries sound: silence of exactly the video's length.
+        layout = "stereo" if enc.channels == 2 else "mono"
+        chains.append(f"anullsrc=r={enc.sample_rate}:cl={layout},atrim=end_sample={total_samples_out}[aout]")
+    return ";\n".join(chains) + "\n"
+
+
+def ffmpeg_args(
+    info: SourceInfo,
+    preset: Preset,
+    enc: EncodeSettings,
+    graph_file: str,
+    output_file: str,
+    *,
+    tiers: Tiers | None = None,
+    extra_input_args: Sequence[str] = (),
+) -> list[str]:
+    """The ffmpeg arguments (without the binary) that run ``graph_file``."""
+    tiers = tiers or load_tiers()
+    args = ["-hide_banner", "-nostdin", "-y", "-loglevel", "error", "-nostats", "-progress", "pipe:1"]
+    # Input hardening: only local files, only allowed demuxers, and the demuxer
+    # that the probe identified (so content sniffing cannot pick another one).
+    args += ["-protocol_whitelist", PROTOCOL_WHITELIST, "-format_whitelist", FORMAT_WHITELIST, "-f", info.demuxer]
+    if not preset.has_video:
+        args += ["-vn"]  # audio-only outputs never decode video
+    args += ["-sn", "-dn", *extra_input_args, "-i", info.path]
+    args += ["-/filter_complex", graph_file]
+    if preset.has_video:
+        assert enc.video_bps is not None and preset.video_codec is not None
+        b = enc.video_bps
+        args += ["-map", "[vout]", "-c:v", preset.video_codec, *preset.video_args]
+        args += [
+            "-b:v",
+            str(b),
+            "-maxrate",
+            str(int(b * tiers.maxrate_factor)),
+            "-bufsize",
+            str(int(b * tiers.bufsize_factor)),
+            # The graph already emits exact CFR frames: no duplication or dropping.
+            "-fps_mode",
+            "passthrough",
+        ]
+    args += ["-map", "[aout]", "-c:a", preset.audio_codec, *preset.audio_args, "-b:a", str(enc.audio_bps)]
+    args += ["-ar", str(enc.sample_rate)]
+    # Chapters and per-stream metadata describe the uncut source; they would lie.
+    args += ["-map_metadata", "-1", "-map_chapters", "-1"]
+    args += ["-f", preset.muxer, *preset.muxer_args, output_file]
+    return args

@@ -1,0 +1,210 @@
+"""One local render: probe → plan → graph → ffmpeg. No Redis, no S3.
+
+This is the whole core of the worker; the queue layer wraps it with storage,
+records and webhooks, and ``render-cli`` calls it directly on local files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from worker import ffmpeg
+from worker.encoders import NvencStatus, nvenc_status, variant_order
+from worker.errors import EncodeError, ErrorCode, RenderError, SourceError
+from worker.graph import EncodeSettings, OutputSpec, build_graph, decide, ffmpeg_args
+from worker.plan import Segment, Timeline, build_timeline, clamp_to_source
+from worker.presets import Preset, load_preset
+from worker.probe import SourceInfo, probe
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """Source limits (DESIGN: ``source_too_large`` past the configured limits)."""
+
+    max_source_bytes: int = Settings.max_source_bytes
+    max_source_duration_s: float = Settings.max_source_duration_s
+    max_source_pixels: int = Settings.max_source_pixels
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> Limits:
+        return cls(s.max_source_bytes, s.max_source_duration_s, s.max_source_pixels)
+
+    def check(self, info: SourceInfo) -> None:
+        too_large = ErrorCode.SOURCE_TOO_LARGE
+        if info.size_bytes > self.max_source_bytes:
+            raise SourceError(
+                f"source is {info.size_bytes} bytes, over the limit of {self.max_source_bytes}", code=too_large
+            )
+        if info.duration > self.max_source_duration_s:
+            raise SourceError(
+                f"source is {info.duration:.1f} s long, over the limit of {self.max_source_duration_s:g} s",
+                code=too_large,
+            )
+        if info.video and info.video.width * info.video.height > self.max_source_pixels:
+            raise SourceError(
+                f"source frames are {info.video.width}x{info.video.height}, over the limit of "
+                f"{self.max_source_pixels} pixels",
+                code=too_large,
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Everything decided before ffmpeg runs; ``render-cli graph`` prints this."""
+
+    info: SourceInfo
+    spec: OutputSpec
+    timeline: Timeline
+    encode: EncodeSettings
+
+    def graph(self, preset: Preset) -> str:
+        return build_graph(self.info, self.timeline, preset, self.encode)
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderResult:
+    path: str
+    format: str
+    encoder: str  # "cpu" or "nvenc": the variant that produced the file
+    video_codec: str | None
+    audio_codec: str
+    duration_s: float
+    source_duration_s: float
+    size_bytes: int
+    width: int | None
+    height: int | None
+    pieces: int
+    wall_s: float
+    nvenc_fallback: str | None  # why NVENC was abandoned mid-job, if it was
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def grid_of(info: SourceInfo) -> tuple[Fraction, int, int]:
+    """(rate, first unit, end unit) of the grid segments snap to."""
+    if info.video is not None:
+        rate = info.video.rate
+        first = round(info.video.start * rate)
+        end = round((info.video.start + info.video.duration) * rate)
+        return rate, first, max(end, first + 1)
+    assert info.audio is not None
+    sr = info.audio.sample_rate
+    first = round(info.audio.start * sr)
+    return Fraction(sr), first, max(first + 1, round((info.audio.start + info.audio.duration) * sr))
+
+
+def plan_render(
+    source: str | os.PathLike[str],
+    segments: list[Segment] | None,
+    spec: OutputSpec,
+    *,
+    limits: Limits | None = None,
+    info: SourceInfo | None = None,
+) -> Plan:
+    info = info or probe(source)
+    (limits or Limits()).check(info)
+    preset = load_preset(spec.format, "cpu")
+    enc = decide(info, spec, preset)
+    rate, first, end = grid_of(info)
+    if segments is not None:
+        segments = clamp_to_source(segments, float(end / rate))
+    sample_rate = info.audio.sample_rate if info.audio is not None else None
+    timeline = build_timeline(segments, rate=rate, first_unit=first, end_unit=end, sample_rate=sample_rate)
+    return Plan(info=info, spec=spec, timeline=timeline, encode=enc)
+
+
+def command_for(plan: Plan, preset: Preset, graph_file: str, output_file: str) -> list[str]:
+    return ffmpeg_args(plan.info, preset, plan.encode, graph_file, output_file)
+
+
+def render(
+    source: str | os.PathLike[str],
+    segments: list[Segment] | None,
+    spec: OutputSpec,
+    output: str | os.PathLike[str],
+    *,
+    settings: Settings | None = None,
+    on_progress: Callable[[float], None] | None = None,
+    cancel: threading.Event | None = None,
+    deadline: float | None = None,
+    nvenc: NvencStatus | None = None,
+) -> RenderResult:
+    """Render ``source`` through ``segments`` into ``output``.
+
+    The file appears at ``output`` only when ffmpeg succeeded; a failed or
+    cancelled render leaves nothing behind.
+    """
+    settings = settings or Settings()
+    started = time.monotonic()
+    plan = plan_render(source, segments, spec, limits=Limits.from_settings(settings))
+    out_path = Path(output)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    ffmpeg_bin = settings.ffmpeg_path or None
+    preset_cpu = load_preset(spec.format, "cpu")
+    if nvenc is None and preset_cpu.has_video:
+        nvenc = nvenc_status(settings.nvenc, ffmpeg_path=ffmpeg_bin, timeout_s=settings.nvenc_probe_timeout_s)
+    order = variant_order(preset_cpu.has_video, nvenc or NvencStatus(False, "not needed", 0.0))
+
+    fallback: str | None = None
+    with tempfile.TemporaryDirectory(prefix="render-", dir=settings.work_dir or None) as tmp:
+        for i, variant in enumerate(order):
+            preset = load_preset(spec.format, variant)
+            graph_file = Path(tmp) / "graph.txt"
+            graph_file.write_text(plan.graph(preset), encoding="utf-8")
+            partial = ffmpeg.temp_output_path(out_path, "." + preset.extension)
+            args = command_for(plan, preset, str(graph_file), str(partial))
+            try:
+                ffmpeg.run(
+                    args,
+                    ffmpeg=ffmpeg_bin,
+                    expected_duration_s=plan.timeline.duration,
+                    on_progress=on_progress,
+                    cancel=cancel,
+                    deadline=deadline,
+                )
+            except EncodeError as exc:
+                partial.unlink(missing_ok=True)
+                if variant == "nvenc" and i + 1 < len(order):
+                    fallback = exc.message
+                    log.warning("NVENC failed mid-job, falling back to the CPU preset: %s", exc.message)
+                    continue
+                raise
+            except BaseException:
+                partial.unlink(missing_ok=True)
+                raise
+            os.replace(partial, out_path)
+            break
+        else:  # pragma: no cover - the loop always breaks or raises
+            raise RenderError("no encoder variant was tried")
+
+    return RenderResult(
+        path=str(out_path),
+        format=spec.format,
+        encoder=preset.encoder,
+        video_codec=preset.video_codec,
+        audio_codec=preset.audio_codec,
+        duration_s=plan.timeline.duration,
+        source_duration_s=plan.info.duration,
+        size_bytes=out_path.stat().st_size,
+        width=plan.encode.width,
+        height=plan.encode.height,
+        pieces=len(plan.timeline.pieces),
+        wall_s=time.monotonic() - started,
+        nvenc_fallback=fallback,
+    )
+
+
+__all__ = ["Limits", "Plan", "RenderResult", "plan_render", "render", "command_for", "grid_of", "ErrorCode"]
