@@ -238,5 +238,181 @@ def presets_cmd() -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
+# --- queue commands ------------------------------------------------------------
+
+
+def new_render_id() -> str:
+    """``rnd_`` + a time-ordered, random, URL-safe id (sortable like a ULID)."""
+    import secrets
+    import time
+
+    alphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+    n = (int(time.time() * 1000) << 80) | secrets.randbits(80)
+    chars = []
+    for _ in range(26):
+        n, r = divmod(n, 32)
+        chars.append(alphabet[r])
+    return "rnd_" + "".join(reversed(chars))
+
+
+def _queue_main_guard(exc: Exception) -> NoReturn:
+    import redis as redis_mod
+
+    if isinstance(exc, redis_mod.RedisError):
+        fail(RenderError(f"cannot reach Redis: {exc}", code=ErrorCode.INTERNAL_ERROR))
+    raise exc
+
+
+@main.command()
+@click.argument("source_uri")
+@output_options
+@click.option("--asset-id", default=None, help="Defaults to one derived from the render id.")
+@click.option("--cut-id", default=None)
+@click.option("--webhook-url", default=None)
+@click.option("--webhook-secret", default=None, help="whsec_... (required with --webhook-url)")
+def enqueue(
+    source_uri: str,
+    cut: Path | None,
+    fmt: str,
+    resolution: str | None,
+    video_bitrate: str | None,
+    audio_bitrate: str | None,
+    asset_id: str | None,
+    cut_id: str | None,
+    webhook_url: str | None,
+    webhook_secret: str | None,
+) -> None:
+    """Create a pending render of SOURCE_URI and queue it; prints the render id alone."""
+    from worker import actors
+    from worker.jobs import parse_job
+    from worker.records import RedisRecordStore, now_iso
+
+    settings = actors.settings
+    render_id = new_render_id()
+    try:
+        segments = load_plan(cut, settings.max_segments)
+        message: dict[str, Any] = {
+            "version": 1,
+            "render_id": render_id,
+            "asset_id": asset_id or "ast_" + render_id[4:],
+            "cut_id": cut_id if cut_id or segments is None else "cut_" + render_id[4:],
+            "source": {"uri": source_uri},
+            "segments": None if segments is None else [{"start": s.start, "end": s.end} for s in segments],
+            "output": {
+                "format": fmt,
+                "resolution": resolution,
+                "video_bitrate": _int(video_bitrate),
+                "audio_bitrate": _int(audio_bitrate),
+            },
+            "webhook": None,
+        }
+        if webhook_url or webhook_secret:
+            message["webhook"] = {"url": webhook_url, "secret": webhook_secret}
+        job = parse_job(message, max_segments=settings.max_segments)
+        store = RedisRecordStore.from_url(settings.redis_url, ttl_s=settings.record_ttl_s)
+        store.create(
+            render_id,
+            {"asset_id": job.asset_id, "cut_id": job.cut_id, "output": job.output.to_dict(), "created_at": now_iso()},
+        )
+        actors.render.send(message)
+    except RenderError as err:
+        fail(err)
+    except Exception as exc:  # noqa: BLE001
+        _queue_main_guard(exc)
+    click.echo(render_id)
+
+
+def read_status(render_id: str, settings: Settings | None = None) -> dict[str, Any] | None:
+    """The render record with a freshly minted ``download_url`` (the library call)."""
+    from worker.pipeline import download_url
+    from worker.records import RedisRecordStore
+    from worker.storage.s3 import S3Storage
+
+    settings = settings or Settings.from_env()
+    store = RedisRecordStore.from_url(settings.redis_url, ttl_s=settings.record_ttl_s)
+    record = store.get(render_id)
+    if record is None:
+        return None
+    storage = S3Storage(settings)
+
+    class _D:  # the two collaborators download_url needs
+        pass
+
+    deps = _D()
+    deps.storage = storage  # type: ignore[attr-defined]
+    deps.settings = settings  # type: ignore[attr-defined]
+    record["download_url"] = download_url(deps, record)  # type: ignore[arg-type]
+    return record
+
+
+@main.command()
+@click.argument("render_id")
+def status(render_id: str) -> None:
+    """Print the render record as JSON, with a fresh download_url once completed."""
+    try:
+        record = read_status(render_id)
+    except RenderError as err:
+        fail(err)
+    except Exception as exc:  # noqa: BLE001
+        _queue_main_guard(exc)
+    if record is None:
+        fail(InvalidJob(f"no render record {render_id!r}"))
+    click.echo(json.dumps(record, indent=2))
+
+
+def dramatiq_argv(settings: Settings, processes: int, threads: int) -> list[str]:
+    # Dramatiq waits this long for running jobs on SIGTERM; our own shutdown
+    # timer (actors.GracefulShutdown) must fire first so renders are requeued
+    # cleanly rather than abandoned.
+    shutdown_ms = int((settings.shutdown_timeout_s + 30) * 1000)
+    return [
+        "worker.actors",
+        "--processes",
+        str(processes),
+        "--threads",
+        str(threads),
+        "--queues",
+        settings.queue,
+        settings.webhook_queue,
+        "--worker-shutdown-timeout",
+        str(shutdown_ms),
+    ]
+
+
+def run_worker(processes: int, threads: int) -> NoReturn:
+    import os
+
+    from dramatiq import cli as dramatiq_cli
+
+    settings = Settings.from_env()
+    # Each consumer holds at most one message per thread beyond the ones running,
+    # so a long render never sits on jobs that idle workers could take.
+    os.environ.setdefault("dramatiq_queue_prefetch", str(threads))
+    try:
+        from worker import metrics
+
+        metrics.prepare_multiprocess_dir(settings)
+    except ImportError:  # pragma: no cover
+        pass
+    args = dramatiq_cli.make_argument_parser().parse_args(dramatiq_argv(settings, processes, threads))
+    sys.exit(dramatiq_cli.main(args))
+
+
+@main.command(name="worker")
+@click.option("--processes", "-p", type=click.IntRange(1, 256), default=1, show_default=True)
+@click.option("--threads", "-t", type=click.IntRange(1, 64), default=1, show_default=True)
+def worker_cmd(processes: int, threads: int) -> None:
+    """Start a render worker (same as the render-worker command)."""
+    run_worker(processes, threads)
+
+
+@click.command()
+@click.option("--processes", "-p", type=click.IntRange(1, 256), default=1, show_default=True)
+@click.option("--threads", "-t", type=click.IntRange(1, 64), default=1, show_default=True)
+def worker_main(processes: int, threads: int) -> None:
+    """Start a render worker: Dramatiq on RENDER_REDIS_URL, consuming RENDER_QUEUE."""
+    run_worker(processes, threads)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -15,6 +15,7 @@ import collections
 import functools
 import os
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -38,6 +39,21 @@ def default_ffmpeg() -> str:
 def resolve_ffmpeg(path: str | None = None) -> str:
     """The configured binary (RENDER_FFMPEG_PATH via settings) or the bundled one."""
     return path or default_ffmpeg()
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Have the kernel kill ffmpeg if the worker dies (kill -9, OOM): no orphaned encodes.
+
+    The signal fires when the *thread* that started ffmpeg exits; that thread
+    waits for ffmpeg in :func:`run`, so it outlives it in normal operation.
+    """
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _pump_progress(stream: IO[bytes], total_s: float, on_progress: ProgressFn | None) -> None:
@@ -84,6 +100,7 @@ def run(
             stderr=subprocess.PIPE,
             cwd=cwd,
             start_new_session=True,  # a terminal's Ctrl-C goes to us, and we decide
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
     except OSError as exc:
         raise EncodeError(f"cannot start ffmpeg ({argv[0]}): {exc}") from exc

@@ -37,7 +37,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("queue", str, "render", "Name of the render queue."),
     Setting("webhook_queue", str, "render-webhooks", "Name of the webhook-delivery queue."),
     Setting("broker_heartbeat_timeout_ms", int, 60_000, "A worker silent this long is presumed dead and its unacked jobs are requeued."),
-    Setting("broker_maintenance_chance", int, 1000, "One in N broker calls runs the requeue sweep (lower sweeps more often)."),
+    Setting("broker_maintenance_chance", int, 1000, "Broker calls per million that run the sweep requeueing dead workers' jobs."),
+    Setting("lease_ttl_s", float, 30.0, "A render's lease lapses this long after its worker stops renewing it (crash)."),
     Setting("max_retries", int, 5, "Attempts for transient failures before the job fails for good."),
     Setting("retry_min_backoff_ms", int, 2_000, "First retry delay; it doubles each attempt."),
     Setting("retry_max_backoff_ms", int, 300_000, "Cap on the retry delay."),
@@ -101,6 +102,7 @@ class Settings:
     webhook_queue: str = _BY_NAME["webhook_queue"].default
     broker_heartbeat_timeout_ms: int = _BY_NAME["broker_heartbeat_timeout_ms"].default
     broker_maintenance_chance: int = _BY_NAME["broker_maintenance_chance"].default
+    lease_ttl_s: float = _BY_NAME["lease_ttl_s"].default
     max_retries: int = _BY_NAME["max_retries"].default
     retry_min_backoff_ms: int = _BY_NAME["retry_min_backoff_ms"].default
     retry_max_backoff_ms: int = _BY_NAME["retry_max_backoff_ms"].default

@@ -1,0 +1,306 @@
+"""One render job end to end: intake → lease → fetch → render → store → record → event.
+
+Free of Dramatiq: the queue layer (``actors.py``) hands a raw message here with
+the collaborators it wired (record store, storage, event sender), and maps the
+returned :class:`Outcome` or the raised error onto acks and retries. The same
+function runs against in-memory collaborators in unit tests.
+
+Retry policy, in one place:
+
+* permanent errors (the input's fault, or a render timeout) fail the record at
+  once and send ``render.failed``;
+* transient errors (storage, network, lost lease races, shutdown) release the
+  lease and propagate, so the queue retries the message with backoff, unless
+  this was the last attempt, in which case the record fails with the code of
+  the error (``storage_failed`` for storage);
+* unexpected exceptions are bugs: the record fails with ``internal_error``
+  rather than looping through retries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from worker.errors import Cancelled, ErrorCode, InvalidJob, RenderError, SourceError
+from worker.jobs import Job, Webhook, parse_job, parse_webhook, render_id_of
+from worker.presets import load_preset
+from worker.records import RecordStore
+from worker.render import RenderResult, render
+from worker.settings import Settings
+from worker.storage.base import Storage, output_key
+
+log = logging.getLogger(__name__)
+
+COMPLETED = "render.completed"
+FAILED = "render.failed"
+
+
+class Outcome(enum.Enum):
+    COMPLETED = "completed"
+    FAILED = "failed"
+    DUPLICATE = "duplicate"  # already terminal: nothing done
+
+
+class LeaseBusy(RenderError):
+    """Another live worker holds this render; come back later (a duplicate delivery)."""
+
+    code = ErrorCode.INTERNAL_ERROR
+    transient = True
+
+
+class UnrecordableJob(InvalidJob):
+    """A message so malformed it has no render id: it can only go to the dead-letter queue."""
+
+
+class EventSender(Protocol):
+    def __call__(
+        self, event_type: str, render_id: str, asset_id: str, webhook: Webhook | None, extra: Mapping[str, Any]
+    ) -> None: ...
+
+
+class Observer:
+    """Hooks for metrics; the default does nothing (render-cli, unit tests)."""
+
+    def started(self, fmt: str) -> None: ...
+
+    def finished(self, outcome: str, fmt: str, encoder: str, wall_s: float, output_s: float, source_s: float) -> None:
+        ...
+
+    def failed(self, code: str, fmt: str) -> None: ...
+
+    def uploaded(self, size: int, seconds: float) -> None: ...
+
+    def nvenc(self, available: bool) -> None: ...
+
+
+@dataclasses.dataclass
+class Deps:
+    settings: Settings
+    records: RecordStore
+    storage: Storage
+    send_event: EventSender
+    observer: Observer = dataclasses.field(default_factory=Observer)
+    renderer: Callable[..., RenderResult] = render
+
+
+def _defaults_from_raw(raw: Any) -> dict[str, Any]:
+    """Record fields salvaged from a message that failed validation."""
+    if not isinstance(raw, dict):
+        return {}
+    out: dict[str, Any] = {}
+    for field in ("asset_id", "cut_id"):
+        if isinstance(raw.get(field), str):
+            out[field] = raw[field][:128]
+    if isinstance(raw.get("output"), dict):
+        out["output"] = {k: v for k, v in raw["output"].items() if isinstance(v, str | int | type(None))}
+    return out
+
+
+def _job_defaults(job: Job) -> dict[str, Any]:
+    return {"asset_id": job.asset_id, "cut_id": job.cut_id, "output": job.output.to_dict()}
+
+
+def _ext_of(uri: str) -> str:
+    suffix = PurePosixPath(urlsplit(uri).path).suffix.lower()
+    # The extension only names the scratch file; the probe decides what it is.
+    return suffix if suffix[1:].isalnum() and len(suffix) <= 6 else ".bin"
+
+
+class _Lease:
+    """Renews the lease and writes progress, at most every ``interval`` seconds."""
+
+    def __init__(self, deps: Deps, render_id: str, token: str) -> None:
+        self.deps = deps
+        self.render_id = render_id
+        self.token = token
+        self.ratio = 0.0
+        self.written = -1.0
+        self.last_write = 0.0
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        ttl = deps.settings.lease_ttl_s
+        self._thread = threading.Thread(target=self._renew, args=(max(0.2, ttl / 3),), daemon=True)
+
+    def __enter__(self) -> _Lease:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def on_progress(self, ratio: float) -> None:
+        self.ratio = ratio
+        if time.monotonic() - self.last_write >= self.deps.settings.progress_interval_s:
+            self._write()
+
+    def _write(self) -> None:
+        with self._lock:
+            self.last_write = time.monotonic()
+            try:
+                ok = self.deps.records.progress(self.render_id, self.token, self.ratio, self.deps.settings.lease_ttl_s)
+            except RenderError as exc:
+                log.warning("progress write for %s failed: %s", self.render_id, exc)
+                return
+            if not ok:
+                self.lost.set()
+
+    def _renew(self, every: float) -> None:
+        while not self._stop.wait(every):
+            self._write()
+
+
+def _send(deps: Deps, event_type: str, render_id: str, asset_id: str, webhook: Webhook | None, extra: dict) -> None:
+    """Hand the terminal event over once; a failure here must not undo the render."""
+    try:
+        deps.send_event(event_type, render_id, asset_id, webhook, extra)
+        deps.records.mark_event(render_id)
+    except Exception:  # noqa: BLE001 - the record is final; the event is retried on redelivery
+        log.exception("could not enqueue %s for %s", event_type, render_id)
+        raise
+
+
+def _terminal_event(deps: Deps, render_id: str, webhook: Webhook | None) -> None:
+    """For a duplicate of a finished render: send its event only if it never went out."""
+    rec = deps.records.get(render_id)
+    if rec is None or deps.records.event_marked(render_id):
+        return
+    if rec["state"] == "completed":
+        _send(deps, COMPLETED, render_id, rec.get("asset_id") or "", webhook, {})
+    elif rec["state"] == "failed":
+        extra = {"error_code": rec.get("error_code"), "error_message": rec.get("error_message")}
+        _send(deps, FAILED, render_id, rec.get("asset_id") or "", webhook, extra)
+
+
+def _fail(deps: Deps, render_id: str, err: RenderError, defaults: dict, asset_id: str, webhook: Webhook | None) -> None:
+    if deps.records.fail(render_id, err.code.value, err.message, defaults):
+        deps.observer.failed(err.code.value, str(defaults.get("output", {}).get("format", "")))
+        extra = {"error_code": err.code.value, "error_message": err.message}
+        _send(deps, FAILED, render_id, asset_id, webhook, extra)
+    else:
+        _terminal_event(deps, render_id, webhook)
+
+
+def process(
+    raw: Any,
+    deps: Deps,
+    *,
+    last_attempt: bool,
+    cancel: threading.Event | None = None,
+    token: str | None = None,
+) -> Outcome:
+    """Run one delivery of a job message. Raises only for the queue to retry or dead-letter."""
+    settings = deps.settings
+    token = token or uuid.uuid4().hex
+    try:
+        job = parse_job(raw, max_segments=settings.max_segments)
+    except InvalidJob as err:
+        render_id = render_id_of(raw)
+        if render_id is None:
+            raise UnrecordableJob(f"message has no usable render_id: {err.message}") from err
+        try:
+            webhook = parse_webhook(raw.get("webhook"))
+        except InvalidJob:
+            webhook = None
+        asset = raw.get("asset_id") if isinstance(raw.get("asset_id"), str) else ""
+        _fail(deps, render_id, err, _defaults_from_raw(raw), asset, webhook)
+        return Outcome.FAILED
+
+    defaults = _job_defaults(job)
+    started = deps.records.start(job.render_id, token, settings.lease_ttl_s, defaults)
+    if started.status == "terminal":
+        _terminal_event(deps, job.render_id, job.webhook)
+        return Outcome.DUPLICATE
+    if started.status == "busy":
+        raise LeaseBusy(f"render {job.render_id} is being rendered by another worker")
+
+    fmt = job.output.format
+    wall_started = time.monotonic()
+    deps.observer.started(fmt)
+    try:
+        with _Lease(deps, job.render_id, token) as lease:
+            result = _run(job, deps, lease, cancel)
+    except LeaseBusy:
+        # Another worker took the render over while this one was stalled: it owns
+        # the record now, so this delivery just steps aside.
+        return Outcome.DUPLICATE
+    except RenderError as err:
+        retry = err.transient and (not last_attempt or isinstance(err, Cancelled))
+        if retry:
+            deps.records.release(job.render_id, token, {"error_message": f"retrying after: {err}"})
+            raise
+        _fail(deps, job.render_id, err, defaults, job.asset_id, job.webhook)
+        return Outcome.FAILED
+    except Exception as exc:  # noqa: BLE001 - a bug: fail the record instead of retrying forever
+        log.exception("render %s failed unexpectedly", job.render_id)
+        err = RenderError(f"unexpected error: {type(exc).__name__}: {exc}")
+        _fail(deps, job.render_id, err, defaults, job.asset_id, job.webhook)
+        return Outcome.FAILED
+
+    fields = {
+        "size_bytes": result.size_bytes,
+        "duration_s": round(result.duration_s, 6),
+        "encoder": result.encoder,
+        "output_key": output_key(settings.output_prefix, job.render_id, load_preset(fmt).extension),
+    }
+    if deps.records.complete(job.render_id, fields):
+        wall = time.monotonic() - wall_started
+        deps.observer.finished("completed", fmt, result.encoder, wall, result.duration_s, result.source_duration_s)
+        _send(deps, COMPLETED, job.render_id, job.asset_id, job.webhook, {})
+        return Outcome.COMPLETED
+    # Someone else finished it first (we overwrote the same key with the same render).
+    _terminal_event(deps, job.render_id, job.webhook)
+    return Outcome.DUPLICATE
+
+
+def _run(job: Job, deps: Deps, lease: _Lease, cancel: threading.Event | None) -> RenderResult:
+    settings = deps.settings
+    deadline = time.monotonic() + settings.time_limit_s
+    with tempfile.TemporaryDirectory(prefix=f"job-{job.render_id}-", dir=settings.work_dir or None) as tmp:
+        size = deps.storage.size(job.source_uri)
+        if size > settings.max_source_bytes:
+            raise SourceError(
+                f"source is {size} bytes, over the limit of {settings.max_source_bytes}",
+                code=ErrorCode.SOURCE_TOO_LARGE,
+            )
+        src = Path(tmp) / f"source{_ext_of(job.source_uri)}"
+        deps.storage.fetch(job.source_uri, src)
+        preset = load_preset(job.output.format)
+        out = Path(tmp) / f"{job.render_id}.{preset.extension}"
+        result = deps.renderer(
+            src,
+            job.segments,
+            job.output,
+            out,
+            settings=settings,
+            on_progress=lease.on_progress,
+            cancel=cancel,
+            deadline=deadline,
+        )
+        if lease.lost.is_set():
+            raise LeaseBusy(f"lost the lease on {job.render_id} while rendering")
+        key = output_key(settings.output_prefix, job.render_id, preset.extension)
+        t0 = time.monotonic()
+        deps.storage.put(out, key, preset.content_type)
+        deps.observer.uploaded(result.size_bytes, time.monotonic() - t0)
+        return result
+
+
+def download_url(deps: Deps, record: Mapping[str, Any]) -> str | None:
+    """A freshly minted URL for a completed record (never stored)."""
+    key = record.get("output_key")
+    if record.get("state") != "completed" or not key:
+        return None
+    filename = PurePosixPath(key).name
+    return deps.storage.presign(key, filename, deps.settings.url_expiry_s)

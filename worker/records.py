@@ -1,0 +1,362 @@
+"""Render records and their guarded state transitions.
+
+A record moves ``pending → processing → completed | failed``; only the last two
+are terminal. Every transition is one atomic step (a Lua script in Redis, a
+lock in memory) that checks the current state first, so a duplicate or late
+redelivery of a finished render changes nothing.
+
+A *lease* says which worker is rendering right now. It is renewed while the
+render runs and lapses ``lease_ttl_s`` after its worker dies, so a job that
+Dramatiq requeues after a crash can be taken over, while a duplicate delivered
+during a live render is told to come back later instead of rendering twice.
+
+Two implementations share the :class:`RecordStore` interface: Redis for the
+fleet and memory for ``render-cli`` and unit tests.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import datetime as dt
+import json
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import redis
+
+from worker.errors import StorageError
+
+TERMINAL = ("completed", "failed")
+# Fields of the public record (DESIGN.md); the rest of the hash is internal.
+PUBLIC_FIELDS = (
+    "id",
+    "asset_id",
+    "cut_id",
+    "state",
+    "output",
+    "size_bytes",
+    "duration_s",
+    "error_code",
+    "error_message",
+    "created_at",
+    "started_at",
+    "completed_at",
+    "progress",
+    "encoder",
+    "attempts",
+)
+_INT_FIELDS = {"size_bytes", "attempts"}
+_FLOAT_FIELDS = {"duration_s", "progress"}
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclasses.dataclass(frozen=True)
+class StartResult:
+    status: str  # "started", "terminal" or "busy"
+    attempts: int = 0
+    state: str | None = None
+
+
+def decode_record(raw: Mapping[str, str]) -> dict[str, Any]:
+    """The stored strings as the public record: typed values, nulls for empty fields."""
+    out: dict[str, Any] = {}
+    for field in PUBLIC_FIELDS:
+        value: Any = raw.get(field)
+        if value in (None, ""):
+            value = 0 if field == "attempts" else (0.0 if field == "progress" else None)
+        elif field in _INT_FIELDS:
+            value = int(value)
+        elif field in _FLOAT_FIELDS:
+            value = float(value)
+        elif field == "output":
+            value = json.loads(value)
+        out[field] = value
+    out["output_key"] = raw.get("output_key") or None
+    return out
+
+
+def encode_fields(fields: Mapping[str, Any]) -> dict[str, str]:
+    out = {}
+    for k, v in fields.items():
+        if v is None:
+            out[k] = ""
+        elif isinstance(v, dict | list):
+            out[k] = json.dumps(v, separators=(",", ":"))
+        else:
+            out[k] = str(v)
+    return out
+
+
+class RecordStore(abc.ABC):
+    """Where render records live. All transitions are guarded and atomic."""
+
+    @abc.abstractmethod
+    def create(self, render_id: str, fields: Mapping[str, Any]) -> bool:
+        """A new pending record; False if one exists already."""
+
+    @abc.abstractmethod
+    def start(self, render_id: str, token: str, lease_ttl_s: float, defaults: Mapping[str, Any]) -> StartResult:
+        """Take the lease and move to processing (counting the attempt), unless terminal or leased."""
+
+    @abc.abstractmethod
+    def progress(self, render_id: str, token: str, ratio: float, lease_ttl_s: float) -> bool:
+        """Record progress and renew the lease; False if the lease is no longer ours."""
+
+    @abc.abstractmethod
+    def complete(self, render_id: str, fields: Mapping[str, Any]) -> bool:
+        """processing → completed; False if already terminal."""
+
+    @abc.abstractmethod
+    def fail(self, render_id: str, code: str, message: str, defaults: Mapping[str, Any]) -> bool:
+        """Any non-terminal state → failed (creating the record if needed); False if already terminal."""
+
+    @abc.abstractmethod
+    def release(self, render_id: str, token: str, note: Mapping[str, Any] | None = None) -> None:
+        """Drop our lease (the job will be retried), keeping the record in processing."""
+
+    @abc.abstractmethod
+    def get_raw(self, render_id: str) -> dict[str, str] | None: ...
+
+    @abc.abstractmethod
+    def mark_event(self, render_id: str) -> None:
+        """Note that the terminal event was handed to the webhook queue."""
+
+    def get(self, render_id: str) -> dict[str, Any] | None:
+        raw = self.get_raw(render_id)
+        return decode_record(raw) if raw else None
+
+    def event_marked(self, render_id: str) -> bool:
+        raw = self.get_raw(render_id)
+        return bool(raw and raw.get("event_enqueued"))
+
+
+# --- Redis -----------------------------------------------------------------
+
+_START = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'completed' or state == 'failed' then return {'terminal', 0, state} end
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[1] then return {'busy', 0, state or ''} end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+if not state then
+  local defaults = cjson.decode(ARGV[4])
+  for k, v in pairs(defaults) do redis.call('HSET', KEYS[1], k, v) end
+end
+redis.call('HSET', KEYS[1], 'state', 'processing', 'started_at', ARGV[3], 'progress', '0',
+           'error_code', '', 'error_message', '')
+local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return {'started', attempts, 'processing'}
+"""
+
+_PROGRESS = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[1], 'state') ~= 'processing' then return 0 end
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('HSET', KEYS[1], 'progress', ARGV[2])
+return 1
+"""
+
+_COMPLETE = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= 'processing' then return 0 end
+local fields = cjson.decode(ARGV[1])
+for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
+redis.call('HSET', KEYS[1], 'state', 'completed', 'progress', '1')
+redis.call('DEL', KEYS[2])
+return 1
+"""
+
+_FAIL = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'completed' or state == 'failed' then return 0 end
+if not state then
+  local defaults = cjson.decode(ARGV[4])
+  for k, v in pairs(defaults) do redis.call('HSET', KEYS[1], k, v) end
+end
+redis.call('HSET', KEYS[1], 'state', 'failed', 'error_code', ARGV[1], 'error_message', ARGV[2],
+           'completed_at', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('DEL', KEYS[2])
+return 1
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+local note = cjson.decode(ARGV[2])
+for k, v in pairs(note) do redis.call('HSET', KEYS[1], k, v) end
+return 1
+"""
+
+
+class RedisRecordStore(RecordStore):
+    def __init__(self, client: redis.Redis, *, ttl_s: int = 30 * 86400, prefix: str = "render") -> None:
+        self.r = client
+        self.ttl_s = ttl_s
+        self.prefix = prefix
+        self._start = client.register_script(_START)
+        self._progress = client.register_script(_PROGRESS)
+        self._complete = client.register_script(_COMPLETE)
+        self._fail = client.register_script(_FAIL)
+        self._release = client.register_script(_RELEASE)
+
+    @classmethod
+    def from_url(cls, url: str, *, ttl_s: int = 30 * 86400) -> RedisRecordStore:
+        return cls(redis.Redis.from_url(url, decode_responses=True), ttl_s=ttl_s)
+
+    def _keys(self, render_id: str) -> list[str]:
+        return [f"{self.prefix}:{render_id}", f"{self.prefix}:{render_id}:lease"]
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except redis.RedisError as exc:
+            raise StorageError(f"render record store unavailable: {exc}") from exc
+
+    def create(self, render_id: str, fields: Mapping[str, Any]) -> bool:
+        key = self._keys(render_id)[0]
+        values = encode_fields({"id": render_id, "state": "pending", "attempts": 0, **fields})
+
+        def txn(pipe: Any) -> bool:
+            if pipe.exists(key):
+                return False
+            pipe.multi()
+            pipe.hset(key, mapping=values)
+            pipe.expire(key, self.ttl_s)
+            return True
+
+        return bool(self._call(self.r.transaction, txn, key, value_from_callable=True))
+
+    def start(self, render_id: str, token: str, lease_ttl_s: float, defaults: Mapping[str, Any]) -> StartResult:
+        d = encode_fields({"id": render_id, "created_at": now_iso(), **defaults})
+        status, attempts, state = self._call(
+            self._start,
+            keys=self._keys(render_id),
+            args=[token, int(lease_ttl_s * 1000), now_iso(), json.dumps(d), self.ttl_s],
+        )
+        return StartResult(status=status, attempts=int(attempts), state=state or None)
+
+    def progress(self, render_id: str, token: str, ratio: float, lease_ttl_s: float) -> bool:
+        args = [token, f"{ratio:.4f}", int(lease_ttl_s * 1000)]
+        return bool(self._call(self._progress, keys=self._keys(render_id), args=args))
+
+    def complete(self, render_id: str, fields: Mapping[str, Any]) -> bool:
+        f = encode_fields({"completed_at": now_iso(), **fields})
+        return bool(self._call(self._complete, keys=self._keys(render_id), args=[json.dumps(f)]))
+
+    def fail(self, render_id: str, code: str, message: str, defaults: Mapping[str, Any]) -> bool:
+        d = encode_fields({"id": render_id, "created_at": now_iso(), "attempts": 0, **defaults})
+        args = [code, message, now_iso(), json.dumps(d), self.ttl_s]
+        return bool(self._call(self._fail, keys=self._keys(render_id), args=args))
+
+    def release(self, render_id: str, token: str, note: Mapping[str, Any] | None = None) -> None:
+        args = [token, json.dumps(encode_fields(note or {}))]
+        self._call(self._release, keys=self._keys(render_id), args=args)
+
+    def get_raw(self, render_id: str) -> dict[str, str] | None:
+        raw = self._call(self.r.hgetall, self._keys(render_id)[0])
+        return dict(raw) if raw else None
+
+    def mark_event(self, render_id: str) -> None:
+        self._call(self.r.hset, self._keys(render_id)[0], "event_enqueued", "1")
+
+
+# --- memory ----------------------------------------------------------------
+
+
+class MemoryRecordStore(RecordStore):
+    """Same semantics in one process; leases never lapse unless released."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._data: dict[str, dict[str, str]] = {}
+        self._leases: dict[str, str] = {}
+
+    def create(self, render_id: str, fields: Mapping[str, Any]) -> bool:
+        with self._lock:
+            if render_id in self._data:
+                return False
+            self._data[render_id] = encode_fields({"id": render_id, "state": "pending", "attempts": 0, **fields})
+            return True
+
+    def start(self, render_id: str, token: str, lease_ttl_s: float, defaults: Mapping[str, Any]) -> StartResult:
+        with self._lock:
+            rec = self._data.get(render_id)
+            if rec and rec.get("state") in TERMINAL:
+                return StartResult("terminal", 0, rec["state"])
+            holder = self._leases.get(render_id)
+            if holder and holder != token:
+                return StartResult("busy", 0, rec.get("state") if rec else None)
+            self._leases[render_id] = token
+            if rec is None:
+                rec = encode_fields({"id": render_id, "created_at": now_iso(), **defaults})
+                self._data[render_id] = rec
+            attempts = int(rec.get("attempts") or 0) + 1
+            rec.update(
+                encode_fields(
+                    {
+                        "state": "processing",
+                        "started_at": now_iso(),
+                        "progress": 0,
+                        "attempts": attempts,
+                        "error_code": None,
+                        "error_message": None,
+                    }
+                )
+            )
+            return StartResult("started", attempts, "processing")
+
+    def progress(self, render_id: str, token: str, ratio: float, lease_ttl_s: float) -> bool:
+        with self._lock:
+            rec = self._data.get(render_id)
+            if self._leases.get(render_id) != token or not rec or rec.get("state") != "processing":
+                return False
+            rec["progress"] = f"{ratio:.4f}"
+            return True
+
+    def complete(self, render_id: str, fields: Mapping[str, Any]) -> bool:
+        with self._lock:
+            rec = self._data.get(render_id)
+            if not rec or rec.get("state") != "processing":
+                return False
+            rec.update(encode_fields({"completed_at": now_iso(), **fields, "state": "completed", "progress": 1}))
+            self._leases.pop(render_id, None)
+            return True
+
+    def fail(self, render_id: str, code: str, message: str, defaults: Mapping[str, Any]) -> bool:
+        with self._lock:
+            rec = self._data.get(render_id)
+            if rec and rec.get("state") in TERMINAL:
+                return False
+            if rec is None:
+                rec = encode_fields({"id": render_id, "created_at": now_iso(), "attempts": 0, **defaults})
+                self._data[render_id] = rec
+            rec.update(
+                encode_fields(
+                    {"state": "failed", "error_code": code, "error_message": message, "completed_at": now_iso()}
+                )
+            )
+            self._leases.pop(render_id, None)
+            return True
+
+    def release(self, render_id: str, token: str, note: Mapping[str, Any] | None = None) -> None:
+        with self._lock:
+            if self._leases.get(render_id) == token:
+                del self._leases[render_id]
+            if render_id in self._data and note:
+                self._data[render_id].update(encode_fields(note))
+
+    def get_raw(self, render_id: str) -> dict[str, str] | None:
+        with self._lock:
+            rec = self._data.get(render_id)
+            return dict(rec) if rec else None
+
+    def mark_event(self, render_id: str) -> None:
+        with self._lock:
+            if render_id in self._data:
+                self._data[render_id]["event_enqueued"] = "1"

@@ -1,0 +1,296 @@
+"""The storage interface: where sources come from and where outputs go.
+
+A render reads one source object and writes one output object. Everything the
+pipeline needs from object storage fits in a handful of calls, so the rest of
+the worker depends on this small :class:`Storage` interface and never on
+boto3: :class:`~worker.storage.s3.S3Storage` talks to S3-compatible stores and
+:class:`~worker.storage.memory.MemoryStorage` keeps objects in a dict for unit
+tests and ``render-cli``.
+
+Error mapping (the same for every implementation)::
+
+    bad URI or scheme, file:// not allowed   InvalidJob    invalid_job       permanent
+    source missing or not readable           SourceError   source_not_found  permanent
+    network, 5xx, throttling, timeouts       StorageError  storage_failed    transient
+
+Transient failures are retried in-process by :func:`with_retries` (seconds of
+backoff, for blips); when those run out the :class:`StorageError` still says
+``transient`` so the queue layer may retry the whole job later (minutes of
+backoff, for outages) before the render finally fails with ``storage_failed``.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import logging
+import random
+import re
+import shutil
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from worker.errors import ErrorCode, InvalidJob, RenderError, SourceError, StorageError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Default in-process retry policy: four tries over roughly 0.5 + 1 + 2 s.
+DEFAULT_ATTEMPTS = 4
+DEFAULT_BASE_DELAY_S = 0.5
+DEFAULT_MAX_DELAY_S = 8.0
+
+#: SigV4 presigned URLs cannot outlive seven days.
+MAX_PRESIGN_EXPIRY_S = 7 * 24 * 3600
+
+_SAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]+")
+_SAFE_KEY_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# Lenient on purpose (S3-compatible stores allow more than AWS does); it only has
+# to stop URIs whose "bucket" is really userinfo, a port or garbage.
+_BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceURI:
+    """A parsed source location: ``s3://bucket/key`` or ``file:///abs/path``."""
+
+    scheme: str  # "s3" or "file"
+    bucket: str = ""  # s3 only
+    key: str = ""  # s3 only
+    path: Path | None = None  # file only
+
+    def __str__(self) -> str:
+        if self.scheme == "file" and self.path is not None:
+            return self.path.as_uri()
+        return f"s3://{self.bucket}/{self.key}"
+
+
+def parse_uri(uri: str) -> SourceURI:
+    """Parse a source URI, rejecting anything the worker cannot fetch as ``invalid_job``.
+
+    S3 keys are taken verbatim (``s3://b/my file.mp4`` is the key ``my file.mp4``,
+    as the AWS CLI writes them); ``file://`` URIs are percent-decoded, as
+    :meth:`pathlib.Path.as_uri` encodes them. Whether ``file://`` is *allowed*
+    is the storage's decision, not the parser's.
+    """
+    if not isinstance(uri, str) or not uri:
+        raise InvalidJob(f"source.uri must be a non-empty string, got {uri!r}")
+    parts = urllib.parse.urlsplit(uri)
+    scheme = parts.scheme.lower()
+    if scheme == "s3":
+        bucket = parts.netloc
+        key = uri.split("://", 1)[1][len(bucket) :].lstrip("/")
+        if not _BUCKET.match(bucket) or not key:
+            raise InvalidJob(f"source.uri must look like s3://bucket/key, got {uri!r}")
+        return SourceURI("s3", bucket=bucket, key=key)
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
+            raise InvalidJob(f"source.uri must look like file:///absolute/path, got {uri!r}")
+        path = Path(urllib.request.url2pathname(parts.path))
+        if not path.is_absolute() or ".." in path.parts:
+            raise InvalidJob(f"source.uri must name an absolute path without '..', got {uri!r}")
+        return SourceURI("file", path=path)
+    raise InvalidJob(f"source.uri scheme must be s3:// (or file:// where allowed), got {uri!r}")
+
+
+def output_key(prefix: str, render_id: str, ext: str) -> str:
+    """The deterministic output key ``<prefix>/<render_id>/<render_id>.<ext>``.
+
+    Deterministic so that a redelivered job overwrites its own output instead
+    of leaving an orphan; the parts are checked so an odd id can never escape
+    the prefix (``..``, slashes).
+    """
+    if not _SAFE_KEY_PART.match(render_id or ""):
+        raise InvalidJob(f"render_id must be letters, digits, '.', '_' or '-', got {render_id!r}")
+    if not re.fullmatch(r"[A-Za-z0-9]+", ext or ""):
+        raise InvalidJob(f"output extension must be alphanumeric, got {ext!r}")
+    prefix = prefix.strip("/")
+    name = f"{render_id}/{render_id}.{ext}"
+    return f"{prefix}/{name}" if prefix else name
+
+
+def safe_filename(filename: str, default: str = "download") -> str:
+    """A filename that is safe inside ``Content-Disposition: attachment; filename="..."``.
+
+    Anything outside ``[A-Za-z0-9._-]`` becomes ``_`` (quotes, slashes, CR/LF,
+    non-ASCII), leading dots are dropped so the download is not a hidden file,
+    and the length is capped. Browsers then save exactly this name.
+    """
+    name = _SAFE_FILENAME.sub("_", filename).strip("._")
+    if len(name) > 150:
+        stem, dot, ext = name.rpartition(".")
+        name = (stem[: 150 - len(ext) - 1] + dot + ext) if dot and len(ext) <= 10 else name[:150]
+    return name or default
+
+
+def content_disposition(filename: str) -> str:
+    """``attachment; filename="<sanitised>"``: makes browsers download, not play, the output."""
+    return f'attachment; filename="{safe_filename(filename)}"'
+
+
+def with_retries(
+    fn: Callable[[], T],
+    attempts: int,
+    base_delay_s: float,
+    max_delay_s: float,
+    sleep: Callable[[float], None] = time.sleep,
+    *,
+    what: str = "storage operation",
+    rng: random.Random | None = None,
+) -> T:
+    """Call ``fn`` until it succeeds, retrying transient :class:`StorageError` with backoff.
+
+    Backoff is exponential (``base * 2**n`` capped at ``max``) with equal jitter
+    (half fixed, half random) so a fleet that failed together does not retry
+    together. Permanent errors (missing source, bad URI) propagate at once:
+    retrying them only delays the inevitable. When the attempts run out, the
+    last error is re-raised as a :class:`StorageError` saying so, chained to it.
+    """
+    if attempts < 1:
+        raise ValueError(f"attempts must be >= 1, got {attempts}")
+    rand = rng or random
+    last: StorageError | None = None
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except StorageError as exc:
+            if not exc.transient:
+                raise
+            last = exc
+            if attempt == attempts:
+                break
+            cap = min(max_delay_s, base_delay_s * (2 ** (attempt - 1)))
+            delay = cap / 2 + rand.uniform(0, cap / 2)
+            log.warning("%s failed (attempt %d/%d), retrying in %.2fs: %s", what, attempt, attempts, delay, exc.message)
+            sleep(delay)
+    assert last is not None
+    raise StorageError(
+        f"{what} failed after {attempts} attempts, retries exhausted: {last.message}", detail=last.detail
+    ) from last
+
+
+class Storage(abc.ABC):
+    """Object storage as the pipeline sees it.
+
+    ``fetch``/``size`` read *sources* (any bucket, or ``file://`` where allowed);
+    ``put``/``presign``/``exists``/``delete`` work on *outputs* in the one
+    output bucket, by key. Subclasses implement the ``_``-prefixed primitives,
+    which raise :class:`StorageError` for transient trouble; this class adds
+    URI parsing, ``file://`` handling and the retry loop, so every
+    implementation behaves the same from the outside.
+    """
+
+    def __init__(
+        self,
+        *,
+        output_bucket: str,
+        allow_file_uris: bool = False,
+        attempts: int = DEFAULT_ATTEMPTS,
+        base_delay_s: float = DEFAULT_BASE_DELAY_S,
+        max_delay_s: float = DEFAULT_MAX_DELAY_S,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.output_bucket = output_bucket
+        self.allow_file_uris = allow_file_uris
+        self.attempts = attempts
+        self.base_delay_s = base_delay_s
+        self.max_delay_s = max_delay_s
+        self._sleep = sleep
+
+    # -- public interface ---------------------------------------------------------------
+
+    def fetch(self, uri: str, dest: Path) -> int:
+        """Download the source at ``uri`` to ``dest`` (parents created); returns its size in bytes."""
+        src = self._source(uri)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if src.path is not None:
+            return self._fetch_file(src.path, dest)
+        return self._retry(f"fetch {src}", lambda: self._fetch_object(src.bucket, src.key, dest))
+
+    def size(self, uri: str) -> int:
+        """Size of the source in bytes (a HEAD), so limits are enforced before downloading."""
+        src = self._source(uri)
+        if src.path is not None:
+            return self._stat_file(src.path)
+        return self._retry(f"size {src}", lambda: self._size_object(src.bucket, src.key))
+
+    def put(self, path: Path, key: str, content_type: str) -> None:
+        """Upload a local file to ``key`` in the output bucket (overwriting), with its content type."""
+        if not path.is_file():
+            raise RenderError(f"cannot upload {path}: not a file", code=ErrorCode.INTERNAL_ERROR)
+        self._retry(f"put {key}", lambda: self._put_object(path, key, content_type))
+
+    def presign(self, key: str, filename: str, expires_s: int) -> str:
+        """A GET URL for ``key`` valid ``expires_s`` seconds, served as a download named ``filename``."""
+        if not 1 <= expires_s <= MAX_PRESIGN_EXPIRY_S:
+            raise ValueError(f"expires_s must be within 1..{MAX_PRESIGN_EXPIRY_S}, got {expires_s}")
+        return self._presign(key, safe_filename(filename), expires_s)
+
+    def exists(self, key: str) -> bool:
+        """Whether ``key`` exists in the output bucket."""
+        return self._retry(f"exists {key}", lambda: self._exists(key))
+
+    def delete(self, key: str) -> None:
+        """Delete ``key`` from the output bucket; deleting a missing key is not an error."""
+        self._retry(f"delete {key}", lambda: self._delete(key))
+
+    # -- primitives -----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _fetch_object(self, bucket: str, key: str, dest: Path) -> int: ...
+
+    @abc.abstractmethod
+    def _size_object(self, bucket: str, key: str) -> int: ...
+
+    @abc.abstractmethod
+    def _put_object(self, path: Path, key: str, content_type: str) -> None: ...
+
+    @abc.abstractmethod
+    def _presign(self, key: str, filename: str, expires_s: int) -> str: ...
+
+    @abc.abstractmethod
+    def _exists(self, key: str) -> bool: ...
+
+    @abc.abstractmethod
+    def _delete(self, key: str) -> None: ...
+
+    # -- shared helpers -------------------------------------------------------------------
+
+    def _retry(self, what: str, fn: Callable[[], T]) -> T:
+        return with_retries(fn, self.attempts, self.base_delay_s, self.max_delay_s, self._sleep, what=what)
+
+    def _source(self, uri: str) -> SourceURI:
+        src = parse_uri(uri)
+        if src.scheme == "file" and not self.allow_file_uris:
+            raise InvalidJob(f"source.uri {uri!r}: file:// sources are disabled (set RENDER_ALLOW_FILE_URIS=1)")
+        return src
+
+    @staticmethod
+    def _stat_file(path: Path) -> int:
+        try:
+            if not path.is_file():
+                raise SourceError(f"source file {path} does not exist", code=ErrorCode.SOURCE_NOT_FOUND)
+            return path.stat().st_size
+        except PermissionError as exc:
+            raise SourceError(f"source file {path} is not readable", code=ErrorCode.SOURCE_NOT_FOUND) from exc
+
+    def _fetch_file(self, path: Path, dest: Path) -> int:
+        """Copy a local source; a ``file://`` fetch is a plain copy with the same error mapping."""
+        self._stat_file(path)
+        if path.resolve() == dest.resolve():
+            return path.stat().st_size
+        try:
+            shutil.copyfile(path, dest)
+        except PermissionError as exc:
+            raise SourceError(f"source file {path} is not readable", code=ErrorCode.SOURCE_NOT_FOUND) from exc
+        return dest.stat().st_size
+
+
+def not_found(what: str, detail: str | None = None) -> SourceError:
+    """The permanent ``source_not_found`` error, worded the same by every implementation."""
+    return SourceError(f"source {what} does not exist", code=ErrorCode.SOURCE_NOT_FOUND, detail=detail)
