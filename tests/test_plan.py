@@ -144,3 +144,13 @@ def test_last_segment_clamped_to_source_end() -> None:
     (p,) = tl.pieces
     assert p.src + p.length == 290
     assert not p.fade_out  # ends exactly at the end of the source
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_no_source_frame_is_used_twice(seed: int) -> None:
+    """Rounding a piece's end up must not make the next piece repeat a frame."""
+    rate = Fraction(30000, 1001)
+    tl = build_timeline(random_plan(500, seed, min_len=0.02, max_len=0.2), rate=rate, first_unit=0,
+                        end_unit=10**6, sample_rate=48000)
+    for a, b in zip(tl.pieces, tl.pieces[1:], strict=False):
+        assert b.src >= a.src + a.length

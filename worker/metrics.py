@@ -5,8 +5,9 @@ What lives here
 * :class:`RenderMetrics` – every ``render_*`` metric object, built together so a test can build a private copy
   against its own registry; :func:`get_metrics` is the process-wide copy the helpers below write to.
 * Helpers the render actor calls: :func:`observe_job`, :func:`observe_failure`, :func:`track_in_progress`,
-  :func:`observe_upload`, :func:`observe_webhook`, :func:`set_nvenc_available`. Label values are checked so that
-  no caller can create unbounded series (user-supplied formats collapse to ``other``).
+  :func:`observe_upload`, :func:`observe_webhook`, :func:`set_nvenc_available`, and :class:`PipelineObserver`
+  which maps ``worker.pipeline``'s observer hooks onto them. Label values are checked so that no caller can create
+  unbounded series (user-supplied formats collapse to ``other``).
 * :func:`read_queue_depths` / :func:`update_queue_metrics` – ready/delayed/dead counts read straight from
   Dramatiq's Redis keys.
 * :func:`prepare_multiprocess_dir`, :func:`make_registry`, :func:`start_http_server`, :func:`mark_process_dead` –
@@ -65,6 +66,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import dramatiq
 import redis
+from dramatiq.broker import MessageProxy
 from dramatiq.middleware import Middleware
 from dramatiq.middleware import prometheus as dramatiq_prometheus
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app, multiprocess
@@ -77,6 +79,11 @@ if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIEnvironment
 
     from worker.gpu import GpuSample
+    from worker.pipeline import Observer as _ObserverBase
+else:
+    # At run time the observer is duck-typed: importing worker.pipeline here would pull PyAV, boto3 and the whole
+    # render path into the telemetry process. For mypy it subclasses the real Observer, so the signatures are checked.
+    _ObserverBase = object
 
 logger = logging.getLogger(__name__)
 
@@ -277,6 +284,11 @@ class RenderMetrics:
         self.webhook_deliveries.labels(outcome=_checked("outcome", outcome, WEBHOOK_OUTCOMES)).inc()
 
     def set_nvenc_available(self, available: bool) -> None:
+        """Record the result of a real NVENC probe.
+
+        Do not call it when ``RENDER_NVENC=off``: the gauge then stays absent, which is how an operator silences
+        RenderGpuEncoderUnavailable on a GPU host that is meant to render on the CPU.
+        """
         self.nvenc_available.set(1 if available else 0)
 
     def set_queue_depths(self, depths: dict[str, QueueDepth]) -> None:
@@ -405,8 +417,64 @@ def observe_webhook(outcome: str) -> None:
     get_metrics().observe_webhook(outcome)
 
 
+_nvenc_known: bool | None = None  # this process's last NVENC probe result, for the in-progress label
+
+
 def set_nvenc_available(available: bool) -> None:
+    """See :meth:`RenderMetrics.set_nvenc_available` (only after a real probe)."""
+    global _nvenc_known
+    _nvenc_known = bool(available)
     get_metrics().set_nvenc_available(available)
+
+
+# --- the pipeline observer -----------------------------------------------------------------------------------
+
+VIDEO_FORMATS = ("mp4", "mov")
+_current_job = threading.local()
+
+
+class PipelineObserver(_ObserverBase):
+    """The metrics side of ``worker.pipeline.Observer`` (duck-typed, so the pipeline does not import this module).
+
+    ``started`` opens a ``render_jobs_in_progress`` entry for the calling worker thread; ``finished``/``failed``
+    close it, and :class:`TelemetryMiddleware` closes whatever is still open when Dramatiq finishes the message –
+    the pipeline has no hook for a delivery that ends in a retry or steps aside, and a leaked entry would count
+    forever. The encoder label of a job in flight is a guess (NVENC for video when this process's probe passed);
+    the completed job is counted under the encoder that really produced the file.
+    """
+
+    def started(self, fmt: str) -> None:
+        close_current_job()
+        encoder = "nvenc" if fmt in VIDEO_FORMATS and _nvenc_known else "cpu"
+        _current_job.handle = InProgress(get_metrics().in_progress, encoder)
+
+    def finished(self, outcome: str, fmt: str, encoder: str, wall_s: float, output_s: float, source_s: float) -> None:
+        close_current_job()
+        observe_job(outcome, fmt, encoder, wall_s, output_s, source_s)
+
+    def failed(self, code: str, fmt: str) -> None:
+        encoder = close_current_job() or "none"
+        observe_job("failed", fmt, encoder, 0.0)
+        observe_failure(code)
+
+    def uploaded(self, size: int, seconds: float) -> None:
+        observe_upload(size, seconds)
+
+    def nvenc(self, available: bool) -> None:
+        set_nvenc_available(available)
+
+    def webhook(self, outcome: str) -> None:
+        observe_webhook(outcome)
+
+
+def close_current_job() -> str | None:
+    """Close this thread's in-progress entry, if any; returns the encoder it was counted under."""
+    handle: InProgress | None = getattr(_current_job, "handle", None)
+    if handle is None:
+        return None
+    _current_job.handle = None
+    handle.close()
+    return handle.encoder
 
 
 def build_version() -> str:
@@ -549,6 +617,24 @@ def prepare_multiprocess_dir(settings: Settings, *, clean: bool = True) -> Path:
     return path
 
 
+def ensure_multiprocess_dir(settings: Settings) -> Path:
+    """The shared directory, preparing it (without cleaning) when the parent did not.
+
+    That happens with a bare ``dramatiq worker.actors`` or a single-process worker in a test. With
+    ``RENDER_METRICS_DIR`` set, every process still finds the same directory (only stale files of earlier runs are
+    not removed); without it each process gets its own, which is only complete for a single process. Never cleans:
+    a worker process must not delete its siblings' files.
+    """
+    path = multiprocess_dir()
+    if path is None:
+        logger.warning(
+            "metrics: prepare_multiprocess_dir() did not run before the worker processes started%s",
+            "" if settings.metrics_dir else "; metrics are only complete for a single-process worker",
+        )
+        path = prepare_multiprocess_dir(settings, clean=False)
+    return path
+
+
 def _remove_temp_dir(path: Path, owner: int) -> None:
     if os.getpid() == owner:
         shutil.rmtree(path, ignore_errors=True)
@@ -682,8 +768,7 @@ def run_telemetry(settings: Settings | None = None, stop: threading.Event | None
     the ``finally`` then removes this process's live gauges.
     """
     settings = settings or _fork_settings or load()
-    if multiprocess_dir() is None:
-        logger.warning("metrics: PROMETHEUS_MULTIPROC_DIR is not set; only this process's metrics are served")
+    ensure_multiprocess_dir(settings)
     stop = stop or threading.Event()
     metrics = get_metrics()
     metrics.build_info.labels(version=build_version()).set(1)
@@ -712,33 +797,109 @@ class DramatiqMetrics(dramatiq_prometheus.Prometheus):
     directory keeps both in step with ours. ``forks`` is empty: :class:`TelemetryMiddleware` serves everything.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, settings: Settings) -> None:
         super().__init__()
-        self.path = path
+        self.settings = settings
+        self.booted = False
 
     @property
     def forks(self) -> list[Callable[[], int]]:
         return []
 
     def after_process_boot(self, broker: dramatiq.Broker) -> None:
-        dramatiq_prometheus.DB_PATH = str(self.path)
+        dramatiq_prometheus.DB_PATH = str(ensure_multiprocess_dir(self.settings))
         super().after_process_boot(broker)
+        self.booted = True
+
+    # Dramatiq's hooks use metric objects created in after_process_boot. A producer process, or a worker run
+    # in-process by a test, never emits process_boot: there the hooks do nothing instead of logging a critical
+    # "Unexpected failure" for every message.
+
+    def after_nack(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        if self.booted:
+            super().after_nack(broker, message)
+
+    def after_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int | None) -> None:
+        if self.booted:
+            super().after_enqueue(broker, message, delay)
+
+    def before_delay_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        if self.booted:
+            super().before_delay_message(broker, message)
+
+    def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        if self.booted:
+            super().before_process_message(broker, message)
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: MessageProxy,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        if self.booted:
+            super().after_process_message(broker, message, result=result, exception=exception)
+
+    after_skip_message = after_process_message  # as in Dramatiq's class
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        if self.booted:
+            super().after_worker_shutdown(broker, worker)
 
 
 class TelemetryMiddleware(Middleware):
-    """Per worker process: count the process and initialise series; per host: fork :func:`run_telemetry`."""
+    """Per worker process: count the process, initialise series, report NVENC; per host: fork :func:`run_telemetry`.
 
-    def __init__(self, settings: Settings) -> None:
+    ``probe_nvenc``: run the (cached, per-process) NVENC probe of ``worker.encoders`` in a background thread at
+    boot, so ``render_nvenc_available`` is known before the first video job – a GPU host whose NVENC is broken
+    should alert while idle, not after it rendered a day of jobs on the CPU. The render path reuses the cached
+    result. Skipped when ``RENDER_NVENC=off``, which leaves the gauge absent on purpose.
+    """
+
+    def __init__(self, settings: Settings, *, probe_nvenc: bool = True) -> None:
         self.settings = settings
+        self.probe_nvenc = probe_nvenc
 
     @property
     def forks(self) -> list[Callable[[], int]]:
         return [run_telemetry] if self.settings.metrics_port else []
 
     def after_process_boot(self, broker: dramatiq.Broker) -> None:
+        ensure_multiprocess_dir(self.settings)
         metrics = get_metrics()
         metrics.initialize_series()
         metrics.worker_processes.set(1)
+        if self.probe_nvenc and self.settings.nvenc != "off":
+            threading.Thread(target=self._report_nvenc, name="nvenc-probe", daemon=True).start()
+
+    def _report_nvenc(self) -> None:
+        from worker.encoders import nvenc_status
+
+        try:
+            status = nvenc_status(
+                self.settings.nvenc,
+                ffmpeg_path=self.settings.ffmpeg_path or None,  # the same cache key as worker.render
+                timeout_s=self.settings.nvenc_probe_timeout_s,
+            )
+        except Exception:  # noqa: BLE001 - telemetry must never take a worker down
+            logger.warning("metrics: NVENC probe failed", exc_info=True)
+            return
+        set_nvenc_available(status.available)
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: MessageProxy,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        close_current_job()  # runs in the worker thread that processed the message
+
+    def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        close_current_job()
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         get_metrics().worker_processes.set(0)
@@ -748,16 +909,9 @@ class TelemetryMiddleware(Middleware):
 def install(broker: dramatiq.Broker, settings: Settings) -> None:
     """Add the metrics middleware to a broker; the queue layer calls this where it builds the broker.
 
-    :func:`prepare_multiprocess_dir` should already have run in the parent (the ``render-worker`` entry point,
-    before Dramatiq forks). If it has not – a single-process worker in a test, say – the directory is prepared here,
-    without cleaning, because a worker process must never delete its siblings' files.
+    No side effects beyond that: importing the broker module (in a test, say) does not switch the process to
+    multiprocess mode. :func:`prepare_multiprocess_dir` should run in the parent before Dramatiq forks (the
+    ``render-worker`` entry point does); the middleware falls back to :func:`ensure_multiprocess_dir` at boot.
     """
-    path = multiprocess_dir()
-    if path is None:
-        logger.warning(
-            "metrics: prepare_multiprocess_dir() did not run before the worker processes started; "
-            "metrics are only complete for a single-process worker"
-        )
-        path = prepare_multiprocess_dir(settings, clean=False)
-    broker.add_middleware(DramatiqMetrics(path))
+    broker.add_middleware(DramatiqMetrics(settings))
     broker.add_middleware(TelemetryMiddleware(settings))

@@ -164,6 +164,12 @@ def build_timeline(
         planned += Fraction(seg.end) - start
         out_next = _round(planned * rate)
         src = min(max(_round(start * rate), first_unit), end_unit)
+        if spans and src < spans[-1][0] + spans[-1][1]:
+            # The previous piece took one frame more than its span (its end was
+            # rounded up on the output timeline): start after it, so no source
+            # frame is shown twice. This never moves a frame further from the
+            # plan than the previous piece already was.
+            src = min(spans[-1][0] + spans[-1][1], end_unit)
         length = min(out_next - out_prev, end_unit - src)
         if length > 0:
             spans.append((src, length))
