@@ -147,16 +147,22 @@ def test_graph_shape() -> None:
     tl = build_timeline(segs, rate=Fraction(30), first_unit=0, end_unit=300, sample_rate=48000)
     mp4 = load_preset("mp4")
     g = build_graph(info, tl, mp4, decide(info, OutputSpec("mp4", "720p"), mp4))
-    assert "split=2" in g and "asplit=2" in g and "concat=n=2:v=1:a=1" in g
-    assert "trim=start_pts=30:end_pts=90" in g  # touching segments merged into one piece
-    assert "trim=start_pts=150:end_pts=180" in g
-    assert "atrim=start_pts=48000:end_pts=144000" in g
+    assert "concat=n=2:v=1:a=1" in g
+    # touching segments merged into one piece: frames [30, 90) and [150, 180)
+    assert "segment=frames=30|90|150|180[vseg0][vseg1][vseg2][vseg3][vseg4]" in g
+    assert "asegment=samples=48000|144000|240000|288000" in g
+    assert "[vseg0]nullsink" in g and "[vseg2]nullsink" in g and "[vseg4]nullsink" in g
+    assert "split" not in g  # no branch sees frames it does not keep
     assert g.count("afade=t=in") == 2 and g.count("afade=t=out") == 2
     assert "scale=1280:720" in g
     # audio-only output never touches the video stream
     m4a = load_preset("m4a")
     g2 = build_graph(info, tl, m4a, decide(info, OutputSpec("m4a"), m4a))
     assert "[0:0]" not in g2 and "[vout]" not in g2 and "concat=n=2:v=0:a=1" in g2
+    # a single piece covering the whole source needs no segmenting at all
+    whole = build_timeline(None, rate=Fraction(30), first_unit=0, end_unit=300, sample_rate=48000)
+    g4 = build_graph(info, whole, mp4, decide(info, OutputSpec("mp4"), mp4))
+    assert "segment" not in g4 and "concat" not in g4
     # no audio in the source: a silent track of exactly the output length
     noaudio = dataclasses.replace(info, audio=None, audio_stream_count=0)
     tl2 = build_timeline(segs, rate=Fraction(30), first_unit=0, end_unit=300, sample_rate=None)

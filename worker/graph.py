@@ -5,21 +5,25 @@ preset, returns text and argv. Nothing here runs ffmpeg.
 
 Shape of the graph for a video source with N pieces::
 
-    [0:v] fps=R, split=N ─► trim=start_pts:end_pts (frames) ─┐
-    [0:a] asettb=1/SR, apad, asplit=N ─► atrim (samples), afade ─┤► concat=n=N:v=1:a=1
-                                          ─► scale/crop, format ─► settle timestamps ─► encoders
+    [0:v] fps=R, segment=frames=… ─► kept pads ─────────────┐
+    [0:a] asettb=1/SR, apad, asegment=samples=… ─► afade ──┤► concat=n=N:v=1:a=1
+                        (dropped pads ─► nullsink)          ─► scale/crop, format ─► settle timestamps
 
 Why this shape:
 
-* ``fps`` puts every source (CFR or VFR) on one frame grid whose time base is
-  ``1/R``, so ``trim=start_pts/end_pts`` selects whole frames by integer index,
-  and a VFR source becomes CFR at its average rate, mapped by timestamp.
-* ``asettb=1/SR`` makes audio timestamps count samples, so ``atrim`` is
-  sample-exact with integers (``start``/``end`` in seconds go through
-  microseconds and can be a sample off, which adds up over many cuts).
-* Each trim drops the frames outside its range as they pass, and the pieces
-  are in source order, so ``split`` never has to hold frames for a later piece:
-  memory stays flat whether there are 10 pieces or 1000.
+* ``fps`` puts every source (CFR or VFR) on one frame grid, so ``segment``
+  splits at integer frame numbers, and a VFR source becomes CFR at its average
+  rate, mapped by timestamp.
+* ``asegment`` splits audio at integer sample counts, cutting inside audio
+  frames where needed: sample-exact (times in seconds go through microseconds
+  and can be a sample off, which adds up over many cuts). ``asettb=1/SR`` makes
+  audio timestamps count samples, so the fades are placed by integer too.
+* ``segment``/``asegment`` hand each frame to exactly one output. The textbook
+  ``split`` into N ``trim`` filters hands every frame to all N branches, so its
+  cost grows as N x frames: measured here, 1000 pieces took 180 s of filtering
+  for 200 s of 320x180 video, against seconds with ``segment``. The pieces are
+  in source order and ``concat`` consumes them in that order, so no pad holds
+  frames for long: memory stays flat whether there are 10 pieces or 1000.
 * Scaling happens once, after ``concat``, on the kept frames only.
 * ``apad`` covers sources whose audio ends a little before the video, so the
   last piece still has its full length of samples.
@@ -174,6 +178,55 @@ def _rate(r: Fraction) -> str:
     return f"{r.numerator}/{r.denominator}"
 
 
+def _split_points(ranges: Sequence[tuple[int, int]]) -> tuple[list[int], list[int], int]:
+    """Split points for ``segment``/``asegment`` that isolate ``ranges`` (relative, sorted).
+
+    Returns (points, output index of each range, number of outputs). Output k
+    covers ``[points[k-1], points[k])``; the outputs between ranges are dropped.
+    """
+    points: list[int] = []
+    kept: list[int] = []
+    out = 0
+    pos = 0
+    for start, end in ranges:
+        if start > pos:
+            points.append(start)
+            out += 1
+        kept.append(out)
+        points.append(end)
+        out += 1
+        pos = end
+    return points, kept, out + 1
+
+
+def _segmenter(
+    chains: list[str],
+    head: str,
+    kind: str,
+    ranges: Sequence[tuple[int, int]],
+) -> list[str]:
+    """Route each range of the stream ``head`` to its own pad; returns the pad labels.
+
+    ``kind`` is "v" or "a". One ``segment`` filter sends every frame to exactly
+    one output, so the cost per frame does not grow with the number of pieces
+    (a ``split`` into N trims hands every frame to all N and scales as N x frames).
+    """
+    if len(ranges) == 1 and ranges[0][0] == 0:
+        # One piece from the start: a plain trim at its end is enough.
+        trim = "trim=end_frame" if kind == "v" else "atrim=end_sample"
+        chains.append(f"{head},{trim}={ranges[0][1]}[{kind}seg0]")
+        return [f"[{kind}seg0]"]
+    points, kept, n_out = _split_points(ranges)
+    name, unit, sink = ("segment", "frames", "nullsink") if kind == "v" else ("asegment", "samples", "anullsink")
+    pads = "".join(f"[{kind}seg{k}]" for k in range(n_out))
+    chains.append(f"{head},{name}={unit}={'|'.join(map(str, points))}{pads}")
+    keep = set(kept)
+    for k in range(n_out):
+        if k not in keep:
+            chains.append(f"[{kind}seg{k}]{sink}")
+    return [f"[{kind}seg{k}]" for k in kept]
+
+
 def build_graph(info: SourceInfo, timeline: Timeline, preset: Preset, enc: EncodeSettings) -> str:
     """The filter graph text; its outputs are labelled ``[vout]`` and ``[aout]``."""
     pieces = timeline.pieces
@@ -182,41 +235,38 @@ def build_graph(info: SourceInfo, timeline: Timeline, preset: Preset, enc: Encod
     use_video = preset.has_video
     use_audio = info.audio is not None
     concat_in: list[str] = []
+    v_pads: list[str] = []
+    a_pads: list[str] = []
 
     if use_video:
         assert info.video is not None
-        vin = f"[0:{info.video.index}]fps=fps={_rate(timeline.rate)}:round=near"
-        if n == 1:
-            chains.append(f"{vin}[vsrc0]")
-        else:
-            chains.append(f"{vin},split={n}" + "".join(f"[vsrc{i}]" for i in range(n)))
+        f0 = timeline.first_unit
+        head = f"[0:{info.video.index}]fps=fps={_rate(timeline.rate)}:round=near"
+        v_pads = _segmenter(chains, head, "v", [(p.src - f0, p.src - f0 + p.length) for p in pieces])
     if use_audio:
         assert info.audio is not None and timeline.sample_rate is not None
         sr = timeline.sample_rate
-        need = max(p.a_src + p.a_len for p in pieces)
-        # apad counts samples from the stream's own first sample.
-        pad_to = need - round(info.audio.start * sr) + 1
-        ain = f"[0:{info.audio.index}]asettb=1/{sr},apad=whole_len={max(pad_to, 1)}"
-        if n == 1:
-            chains.append(f"{ain}[asrc0]")
-        else:
-            chains.append(f"{ain},asplit={n}" + "".join(f"[asrc{i}]" for i in range(n)))
+        a0 = round(info.audio.start * sr)  # render-timeline position of the first sample
+        need = max(p.a_src + p.a_len for p in pieces) - a0
+        # apad covers audio that ends a little before the video; it counts from the first sample.
+        head = f"[0:{info.audio.index}]asettb=1/{sr},apad=whole_len={max(need, 1)}"
+        a_pads = _segmenter(chains, head, "a", [(p.a_src - a0, p.a_src - a0 + p.a_len) for p in pieces])
 
     fade = timeline.fade_samples
     for i, p in enumerate(pieces):
         if use_video:
-            # After fps the time base is 1/R, so pts are frame numbers on the grid.
-            chains.append(f"[vsrc{i}]trim=start_pts={p.src}:end_pts={p.src + p.length},setpts=PTS-STARTPTS[v{i}]")
+            chains.append(f"{v_pads[i]}setpts=PTS-STARTPTS[v{i}]")
             concat_in.append(f"[v{i}]")
         if use_audio:
-            filters = [f"atrim=start_pts={p.a_src}:end_pts={p.a_src + p.a_len}"]
+            filters = []
             f = min(fade, p.a_len // 2)
+            # afade positions are absolute sample timestamps (the time base is 1/SR).
             if p.fade_in and f > 0:
                 filters.append(f"afade=t=in:start_sample={p.a_src}:nb_samples={f}")
             if p.fade_out and f > 0:
                 filters.append(f"afade=t=out:start_sample={p.a_src + p.a_len - f}:nb_samples={f}")
             filters.append("asetpts=PTS-STARTPTS")
-            chains.append(f"[asrc{i}]" + ",".join(filters) + f"[a{i}]")
+            chains.append(a_pads[i] + ",".join(filters) + f"[a{i}]")
             concat_in.append(f"[a{i}]")
 
     v_label, a_label = "[vcat]", "[acat]"

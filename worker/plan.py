@@ -63,6 +63,7 @@ class Timeline:
     sample_rate: int | None  # of the audio, when there is audio to cut
     pieces: tuple[Piece, ...]
     fade_samples: int
+    first_unit: int = 0  # grid position of the source's first frame (or sample)
 
     @property
     def total_units(self) -> int:
@@ -217,4 +218,4 @@ def build_timeline(
         out += length
     if sample_rate is not None:
         fade = max(1, round(FADE_S * sample_rate))
-    return Timeline(rate=rate, sample_rate=sample_rate, pieces=tuple(pieces), fade_samples=fade)
+    return Timeline(rate=rate, sample_rate=sample_rate, pieces=tuple(pieces), fade_samples=fade, first_unit=first_unit)

@@ -1,0 +1,152 @@
+"""Bad sources get their error codes, and crafted files cannot make ffmpeg read other files."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import av
+import pytest
+
+from fixtures import generate as gen
+from worker import ffmpeg
+from worker.errors import ErrorCode, InvalidJob, RenderError
+from worker.graph import OutputSpec
+from worker.plan import Segment
+from worker.probe import FORMAT_WHITELIST, PROTOCOL_WHITELIST, probe
+from worker.render import render
+
+
+def code_of(fn, *args, **kwargs) -> ErrorCode:
+    with pytest.raises(RenderError) as info:
+        fn(*args, **kwargs)
+    return info.value.code
+
+
+@pytest.mark.parametrize("name", ["corrupt", "truncated", "zero"])
+def test_unreadable_sources(media, tmp_path, name):
+    out = tmp_path / "out.mp4"
+    with pytest.raises(RenderError) as info:
+        render(media[name], None, OutputSpec("mp4"), out)
+    assert info.value.code is ErrorCode.SOURCE_UNREADABLE
+    assert media[name].name in info.value.message
+    assert not out.exists() and not list(tmp_path.iterdir())  # no partial output
+
+
+def test_missing_source(tmp_path):
+    assert code_of(probe, tmp_path / "nope.mp4") is ErrorCode.SOURCE_NOT_FOUND
+
+
+def test_wrong_streams_for_format(media, tmp_path):
+    assert code_of(render, media["audio_wav"], None, OutputSpec("mp4"), tmp_path / "o.mp4") is ErrorCode.SOURCE_NO_VIDEO
+    assert code_of(render, media["noaudio"], None, OutputSpec("m4a"), tmp_path / "o.m4a") is ErrorCode.SOURCE_NO_AUDIO
+    assert code_of(render, media["noaudio"], None, OutputSpec("mp3"), tmp_path / "o.mp3") is ErrorCode.SOURCE_NO_AUDIO
+
+
+def test_segments_out_of_range(media, tmp_path):
+    with pytest.raises(InvalidJob, match=r"segments\[1\].start=300.5 is past the end"):
+        render(media["noaudio"], [Segment(0, 1), Segment(300.5, 301)], OutputSpec("mp4"), tmp_path / "o.mp4")
+
+
+def test_source_too_large(media, tmp_path):
+    from worker.settings import Settings
+
+    small = Settings(max_source_duration_s=10.0)
+    e = code_of(render, media["cfr2997"], None, OutputSpec("mp4"), tmp_path / "o.mp4", settings=small)
+    assert e is ErrorCode.SOURCE_TOO_LARGE
+
+
+@contextlib.contextmanager
+def fifo_watch(path: Path) -> Iterator[dict]:
+    """A named pipe at ``path``: reports whether anything opened it for reading.
+
+    Opening a FIFO for writing without blocking fails with ENXIO until a reader
+    has it open, so polling that open tells us, without any doubt, whether some
+    process tried to read the file the crafted input points to.
+    """
+    os.mkfifo(path)
+    state = {"opened": False}
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:
+                    raise
+                time.sleep(0.002)
+                continue
+            state["opened"] = True
+            with contextlib.suppress(OSError):
+                os.write(fd, b"\x00" * 188)
+            os.close(fd)
+            time.sleep(0.01)
+
+    t = threading.Thread(target=poll, daemon=True)
+    t.start()
+    try:
+        yield state
+    finally:
+        stop.set()
+        t.join()
+
+
+def crafted_inputs(tmp_path: Path, secret: Path) -> list[Path]:
+    hls_mp4 = gen.make_playlist(tmp_path, secret, filename="playlist.mp4")
+    hls_m3u8 = gen.make_playlist(tmp_path, secret, filename="playlist.m3u8")
+    concat = tmp_path / "concat.mp4"  # a relative entry passes the concat demuxer's safe=1 check
+    concat.write_text(f"ffconcat version 1.0\nfile '{secret.name}'\n")
+    return [hls_mp4, hls_m3u8, concat]
+
+
+def test_the_fifo_watch_detects_reads(tmp_path):
+    """Control: without the allowlists, these crafted inputs do make libavformat open the secret."""
+    secret = tmp_path / "secret.ts"
+    with fifo_watch(secret) as state:
+        _, m3u8, concat = crafted_inputs(tmp_path, secret)
+        for f in (m3u8, concat):
+            with contextlib.suppress(av.error.FFmpegError, OSError):
+                av.open(str(f), timeout=2).close()
+        time.sleep(0.1)
+    assert state["opened"]
+
+
+def test_playlists_and_concat_scripts_never_read_their_targets(tmp_path):
+    secret = tmp_path / "secret.ts"
+    with fifo_watch(secret) as state:
+        for crafted in crafted_inputs(tmp_path, secret):
+            with pytest.raises(RenderError) as info:
+                render(crafted, None, OutputSpec("mp4"), tmp_path / "out.mp4")
+            assert info.value.code is ErrorCode.SOURCE_UNREADABLE
+            # ffmpeg itself, with the worker's input options, refuses them too,
+            # even when told the playlist's real demuxer.
+            for demuxer in ("mov", "hls", "concat"):
+                args = ["-hide_banner", "-nostdin", "-loglevel", "error"]
+                args += ["-protocol_whitelist", PROTOCOL_WHITELIST, "-format_whitelist", FORMAT_WHITELIST]
+                args += ["-f", demuxer, "-i", str(crafted), "-f", "null", "-"]
+                code, _ = ffmpeg.run_quick(args, timeout_s=10)
+                assert code != 0
+        time.sleep(0.1)
+    assert not state["opened"], "a crafted input made ffmpeg open the file it points to"
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_probe_refuses_network_and_other_protocols(tmp_path):
+    """The protocol allowlist is part of every open: a URL is never fetched."""
+    code = code_of(probe, "http://127.0.0.1:9/x.mp4")
+    assert code in (ErrorCode.SOURCE_NOT_FOUND, ErrorCode.SOURCE_UNREADABLE)
+    done = subprocess.run(
+        [ffmpeg.resolve_ffmpeg(), "-hide_banner", "-protocol_whitelist", PROTOCOL_WHITELIST, "-i",
+         "http://127.0.0.1:9/x.mp4", "-f", "null", "-"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    assert done.returncode != 0 and "not on whitelist" in done.stderr

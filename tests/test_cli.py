@@ -1,0 +1,96 @@
+"""render-cli: driven with click's CliRunner, and once as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mediacheck as mc
+from click.testing import CliRunner
+
+from worker.cli import main
+
+
+def write_plan(tmp_path: Path, segments: list[dict]) -> Path:
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"segments": segments}))
+    return plan
+
+
+def test_render_with_cut(media, tmp_path):
+    plan = write_plan(tmp_path, [{"start": 0.5, "end": 1.5}, {"start": 3.0, "end": 4.0}])
+    out = tmp_path / "out.mp4"
+    result = CliRunner().invoke(
+        main, ["render", str(media["cfr2997"]), "--cut", str(plan), "--format", "mp4", "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["path"] == str(out) and data["encoder"] == "cpu" and data["pieces"] == 2
+    assert "progress" in result.stderr  # plain progress lines when not on a terminal
+    idx = [i for _, i in mc.frame_indices(out)]
+    assert idx[0] == 15 and idx[-1] == 119 and len(idx) == 60
+
+
+def test_probe_prints_json(media):
+    result = CliRunner().invoke(main, ["probe", str(media["rotated"])])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["video"]["rotation"] in (90, 270)
+    assert (data["video"]["display_width"], data["video"]["display_height"]) == (180, 320)
+    assert data["audio"]["sample_rate"] == 48000
+
+
+def test_graph_prints_command_and_graph_without_running(media, tmp_path):
+    plan = write_plan(tmp_path, [{"start": 0.5, "end": 1.5}, {"start": 3.0, "end": 4.0}])
+    out = tmp_path / "never.mp4"
+    result = CliRunner().invoke(
+        main, ["graph", str(media["cfr2997"]), "--cut", str(plan), "--format", "mp4", "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "-/filter_complex graph.txt" in result.stdout
+    assert "concat=n=2:v=1:a=1" in result.stdout and "segment=frames=15|45|90|120" in result.stdout
+    assert not out.exists()
+
+
+def test_presets_lists_every_format():
+    result = CliRunner().invoke(main, ["presets"])
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)
+    assert {(p["format"], p["variant"]) for p in data["presets"]} >= {("mp4", "cpu"), ("mp3", "nvenc")}
+
+
+def test_errors_carry_code_and_exit_status(media, tmp_path):
+    runner = CliRunner()
+    bad_plan = write_plan(tmp_path, [{"start": 2, "end": 1}])
+    r = runner.invoke(main, ["render", str(media["cfr2997"]), "--cut", str(bad_plan), "--format", "mp4", "-o", "x"])
+    assert r.exit_code == 2 and "[invalid_job]" in r.stderr and "segments[0]" in r.stderr
+    r = runner.invoke(main, ["render", str(media["corrupt"]), "--format", "mp4", "-o", str(tmp_path / "o.mp4")])
+    assert r.exit_code == 3 and "[source_unreadable]" in r.stderr
+    r = runner.invoke(main, ["render", str(media["audio_wav"]), "--format", "mov", "-o", str(tmp_path / "o.mov")])
+    assert r.exit_code == 3 and "[source_no_video]" in r.stderr
+    r = runner.invoke(main, ["render", str(media["cfr2997"]), "--format", "webm", "-o", "x"])
+    assert r.exit_code == 2  # click's own usage error
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_render_cli_subprocess(media, tmp_path):
+    exe = shutil.which("render-cli", path=str(Path(sys.executable).parent))
+    assert exe, "render-cli is not installed next to this Python"
+    out = tmp_path / "out.mp3"
+    plan = write_plan(tmp_path, [{"start": 1.0, "end": 3.0}, {"start": 5.0, "end": 6.5}])
+    done = subprocess.run(
+        [exe, "render", str(media["audio_wav"]), "--cut", str(plan), "--format", "mp3", "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["format"] == "mp3"
+    d = mc.stream_durations(out)
+    assert abs(d["audio"] - 3.5) < 1 / 30
+    bad = subprocess.run([exe, "render", str(media["zero"]), "--format", "mp3", "-o", str(out)], capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 3 and "source_unreadable" in bad.stderr
