@@ -14,6 +14,8 @@ for _p in (str(ROOT), str(ROOT / "tests")):
 
 from fixtures import generate as gen  # noqa: E402
 
+pytest_plugins = ["services"]
+
 
 @pytest.fixture(scope="session")
 def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:

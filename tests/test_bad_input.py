@@ -143,8 +143,17 @@ def test_probe_refuses_network_and_other_protocols(tmp_path):
     code = code_of(probe, "http://127.0.0.1:9/x.mp4")
     assert code in (ErrorCode.SOURCE_NOT_FOUND, ErrorCode.SOURCE_UNREADABLE)
     done = subprocess.run(
-        [ffmpeg.resolve_ffmpeg(), "-hide_banner", "-protocol_whitelist", PROTOCOL_WHITELIST, "-i",
-         "http://127.0.0.1:9/x.mp4", "-f", "null", "-"],
+        [
+            ffmpeg.resolve_ffmpeg(),
+            "-hide_banner",
+            "-protocol_whitelist",
+            PROTOCOL_WHITELIST,
+            "-i",
+            "http://127.0.0.1:9/x.mp4",
+            "-f",
+            "null",
+            "-",
+        ],
         capture_output=True,
         text=True,
         timeout=10,

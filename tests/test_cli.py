@@ -91,6 +91,10 @@ def test_render_cli_subprocess(media, tmp_path):
     assert json.loads(done.stdout)["format"] == "mp3"
     d = mc.stream_durations(out)
     assert abs(d["audio"] - 3.5) < 1 / 30
-    bad = subprocess.run([exe, "render", str(media["zero"]), "--format", "mp3", "-o", str(out)], capture_output=True,
-                         text=True, timeout=60)
+    bad = subprocess.run(
+        [exe, "render", str(media["zero"]), "--format", "mp3", "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 3 and "source_unreadable" in bad.stderr

@@ -132,9 +132,7 @@ def test_segment_shorter_than_a_frame_keeps_its_time() -> None:
 
 
 def test_audio_only_grid_is_samples() -> None:
-    tl = build_timeline(
-        [Segment(0.5, 1.25)], rate=Fraction(44100), first_unit=0, end_unit=441000, sample_rate=44100
-    )
+    tl = build_timeline([Segment(0.5, 1.25)], rate=Fraction(44100), first_unit=0, end_unit=441000, sample_rate=44100)
     (p,) = tl.pieces
     assert (p.src, p.length, p.a_src, p.a_len) == (22050, 33075, 22050, 33075)
 
@@ -150,7 +148,8 @@ def test_last_segment_clamped_to_source_end() -> None:
 def test_no_source_frame_is_used_twice(seed: int) -> None:
     """Rounding a piece's end up must not make the next piece repeat a frame."""
     rate = Fraction(30000, 1001)
-    tl = build_timeline(random_plan(500, seed, min_len=0.02, max_len=0.2), rate=rate, first_unit=0,
-                        end_unit=10**6, sample_rate=48000)
+    tl = build_timeline(
+        random_plan(500, seed, min_len=0.02, max_len=0.2), rate=rate, first_unit=0, end_unit=10**6, sample_rate=48000
+    )
     for a, b in zip(tl.pieces, tl.pieces[1:], strict=False):
         assert b.src >= a.src + a.length

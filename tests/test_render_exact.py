@@ -319,7 +319,8 @@ def test_memory_is_flat_in_the_number_of_segments(media, tmp_path):
         plan.write_text(json.dumps({"segments": [s.__dict__ for s in segs]}))
         script = (
             "import json,resource,sys\n"
-            "from worker.render import render\nfrom worker.graph import OutputSpec\nfrom worker.plan import parse_segments\n"
+            "from worker.render import render\nfrom worker.graph import OutputSpec\n"
+            "from worker.plan import parse_segments\n"
             "segs=parse_segments(json.load(open(sys.argv[2]))['segments'])\n"
             "render(sys.argv[1], segs, OutputSpec('mp4'), sys.argv[3])\n"
             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
@@ -332,3 +333,16 @@ def test_memory_is_flat_in_the_number_of_segments(media, tmp_path):
         )
         peaks[n] = int(done.stdout.split()[-1])
     assert peaks[1000] < 3 * peaks[10], peaks
+
+
+def test_nvenc_failure_falls_back_to_cpu_within_the_job(media, tmp_path):
+    """Told NVENC works when it does not (a session that will not open), the job still completes on the CPU."""
+    from worker.encoders import NvencStatus
+
+    segs = [Segment(0.5, 2.0), Segment(3.0, 4.5)]
+    out = tmp_path / "out.mp4"
+    result = render(media["cfr2997"], segs, OutputSpec("mp4"), out, nvenc=NvencStatus(True, "assumed", 0.0))
+    assert result.encoder == "cpu" and result.video_codec == "libx264"
+    assert result.nvenc_fallback and "ffmpeg exited" in result.nvenc_fallback
+    check_frames(out, segs, Fraction(30000, 1001))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]  # the failed NVENC attempt left nothing

@@ -25,7 +25,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage, Middleware
 
 from worker import pipeline, webhooks
-from worker.errors import RenderError
+from worker.errors import Cancelled, RenderError
 from worker.jobs import Webhook
 from worker.records import RedisRecordStore
 from worker.settings import Settings, load
@@ -65,6 +65,23 @@ def _retry_when(max_retries: int) -> Any:
     return retry_when
 
 
+def _requeue(message: Any, delay_ms: int, why: str) -> None:
+    """Put the current message back on its queue after ``delay_ms`` without spending one of its retries.
+
+    For deliveries that did no work and met no error: a render whose lease another
+    worker holds (a duplicate delivery, or a crashed worker's lease not lapsed
+    yet), and a render stopped by shutdown. Going through Dramatiq's retries
+    instead would count these against ``RENDER_MAX_RETRIES``: a duplicate of a
+    long render would be dead-lettered while the original is still running, and
+    a shutdown on the last attempt would strand the record in ``processing``.
+    The message is acked once this returns; a crash between the two leaves a
+    duplicate, which the record's guarded transitions absorb.
+    """
+    requeues = int(message.options.get("requeues", 0)) + 1
+    log.info("render message %s: %s; back on the queue in %d ms", message.message_id, why, delay_ms)
+    broker.enqueue(message.copy(options={"requeues": requeues}), delay=delay_ms)
+
+
 def build_broker(s: Settings) -> RedisBroker:
     broker = RedisBroker(
         url=s.redis_url,
@@ -94,9 +111,15 @@ def _shutdown_event() -> threading.Event | None:
 
 
 @functools.cache
+def _redis() -> redis.Redis:
+    """This worker process's Redis client (built after the fork; thread-safe, pooled)."""
+    return redis.Redis.from_url(settings.redis_url, decode_responses=True)
+
+
+@functools.cache
 def _deps() -> pipeline.Deps:
     """Collaborators, built once per worker process (after the fork)."""
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    client = _redis()
     observer: pipeline.Observer
     try:
         from worker import metrics
@@ -128,20 +151,39 @@ def enqueue_event(
     min_backoff=settings.retry_min_backoff_ms,
     max_backoff=settings.retry_max_backoff_ms,
     retry_when=_retry_when(settings.max_retries),
+    # A message with no render id has nowhere to report to: straight to the
+    # dead-letter queue, never retried.
+    throws=(pipeline.UnrecordableJob,),
     # The pipeline enforces RENDER_TIME_LIMIT_S itself and stops ffmpeg; this is
     # only a backstop for a thread stuck outside ffmpeg.
     time_limit=int((settings.time_limit_s + 600) * 1000),
 )
-def render(message: Any) -> str:
+def render(message: Any) -> None:
     current = CurrentMessage.get_current_message()
     retries = current.options.get("retries", 0) if current is not None else 0
-    outcome = pipeline.process(
-        message,
-        _deps(),
-        last_attempt=retries >= settings.max_retries,
-        cancel=_shutdown_event(),
-    )
-    return outcome.value
+    try:
+        outcome = pipeline.process(
+            message,
+            _deps(),
+            last_attempt=retries >= settings.max_retries,
+            cancel=_shutdown_event(),
+        )
+    except pipeline.UnrecordableJob as err:
+        msg_id = current.message_id if current is not None else "?"
+        log.error("render message %s dead-lettered: %s", msg_id, err.message)
+        raise
+    except (pipeline.LeaseBusy, Cancelled) as err:
+        if current is None:
+            raise
+        # A lease lapses lease_ttl_s after its holder stops renewing it, so that
+        # is when a takeover can first succeed; a live holder is asked again then.
+        busy = isinstance(err, pipeline.LeaseBusy)
+        delay_ms = int(settings.lease_ttl_s * 1000) if busy else settings.retry_min_backoff_ms
+        _requeue(current, max(delay_ms, settings.retry_min_backoff_ms), err.message)
+        return
+    # Dramatiq has no use for a return value without a result backend (and warns
+    # about one on every message), so the outcome goes to the log instead.
+    log.info("render message %s: %s", current.message_id if current is not None else "?", outcome.value)
 
 
 class WebhookNotDelivered(RenderError):
@@ -158,26 +200,27 @@ class WebhookNotDelivered(RenderError):
 )
 def deliver_webhook(
     event_type: str, render_id: str, asset_id: str, url: str, secret: str, extra: dict[str, Any]
-) -> str:
+) -> None:
     deps = _deps()
     observer = deps.observer
     msg_id = webhooks.event_id(render_id, event_type)
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    client = _redis()
     done_key = f"render:{render_id}:delivered:{event_type}"
     if client.exists(done_key):
-        return "already-delivered"
+        log.info("webhook %s for %s was delivered already", msg_id, render_id)
+        return
     body = webhooks.build_event(event_type, render_id, asset_id, extra)
     result = webhooks.deliver_once(url, secret, msg_id, body, settings.webhook_timeout_s)
     if result.delivered:
         client.set(done_key, "1", ex=settings.record_ttl_s)
         _observe_webhook(observer, "delivered")
-        return "delivered"
+        return
     current = CurrentMessage.get_current_message()
     retries = current.options.get("retries", 0) if current is not None else 0
     if not result.retryable or retries >= settings.webhook_max_attempts - 1:
         log.error("webhook %s for %s given up after %d attempts: %s", msg_id, render_id, retries + 1, result.reason)
         _observe_webhook(observer, "gave_up")
-        return "gave_up"
+        return
     _observe_webhook(observer, "retry")
     raise WebhookNotDelivered(f"webhook {msg_id} attempt {retries + 1} failed: {result.reason}")
 

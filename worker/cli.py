@@ -41,7 +41,7 @@ class CliError(click.ClickException):
 
     def __init__(self, err: RenderError) -> None:
         super().__init__(f"[{err.code.value}] {err.message}")
-        self.exit_code = EXIT_CODES.get(err.code, 1)
+        self.exit_code = EXIT_CODES.get(err.code, 1)  # type: ignore[misc]
         self.error = err
 
     def show(self, file: Any = None) -> None:

@@ -12,8 +12,10 @@ import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from worker import ffmpeg
+from worker.errors import EncodeError
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,28 @@ def nvenc_status(mode: str = "auto", *, ffmpeg_path: str | None = None, timeout_
 def reset_cache() -> None:
     with _lock:
         _cached.clear()
+
+
+def encode_with_fallback(order: list[str], attempt: Callable[[str], None]) -> tuple[str, str | None]:
+    """Run ``attempt(variant)`` for each variant in ``order`` until one succeeds.
+
+    An NVENC failure (a session that will not open, an encode that dies
+    mid-job) falls through to the CPU preset within the same job; a CPU failure
+    is final. Returns the variant that produced the file and, if NVENC was
+    abandoned, why.
+    """
+    fallback: str | None = None
+    for i, variant in enumerate(order):
+        try:
+            attempt(variant)
+        except EncodeError as exc:
+            if variant == "nvenc" and i + 1 < len(order):
+                fallback = exc.message
+                log.warning("NVENC failed, falling back to the CPU preset: %s", exc.message)
+                continue
+            raise
+        return variant, fallback
+    raise EncodeError("no encoder variant to try")
 
 
 def variant_order(has_video: bool, status: NvencStatus) -> list[str]:

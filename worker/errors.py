@@ -24,7 +24,7 @@ from __future__ import annotations
 import enum
 
 
-class ErrorCode(str, enum.Enum):
+class ErrorCode(enum.StrEnum):
     """The error codes a failed render record may carry (DESIGN.md)."""
 
     INVALID_JOB = "invalid_job"

@@ -73,9 +73,12 @@ def _pump_progress(stream: IO[bytes], total_s: float, on_progress: ProgressFn | 
             on_progress(1.0)
 
 
-def _pump_tail(stream: IO[bytes], tail: collections.deque[str]) -> None:
+def _pump_tail(stream: IO[bytes], tail: collections.deque[str], first: list[str]) -> None:
     for raw in stream:
-        tail.append(raw.decode("utf-8", "replace").rstrip())
+        line = raw.decode("utf-8", "replace").rstrip()
+        if line and not first:
+            first.append(line)  # ffmpeg names the cause first; later lines are it unwinding
+        tail.append(line)
 
 
 def run(
@@ -92,6 +95,7 @@ def run(
     """Run ffmpeg with ``args``; raise on failure, cancel or deadline (monotonic time)."""
     argv = [resolve_ffmpeg(ffmpeg), *args]
     tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+    first: list[str] = []
     try:
         proc = subprocess.Popen(
             argv,
@@ -107,7 +111,7 @@ def run(
     assert proc.stdout is not None and proc.stderr is not None
     readers = [
         threading.Thread(target=_pump_progress, args=(proc.stdout, expected_duration_s, on_progress), daemon=True),
-        threading.Thread(target=_pump_tail, args=(proc.stderr, tail), daemon=True),
+        threading.Thread(target=_pump_tail, args=(proc.stderr, tail, first), daemon=True),
     ]
     for t in readers:
         t.start()
@@ -133,8 +137,8 @@ def run(
         raise stop
     if proc.returncode != 0:
         detail = "\n".join(tail)
-        last = next((line for line in reversed(tail) if line.strip()), "no error output")
-        raise error_cls(f"ffmpeg exited with status {proc.returncode}: {last}", detail=detail)
+        cause = first[0] if first else "no error output"
+        raise error_cls(f"ffmpeg exited with status {proc.returncode}: {cause}", detail=detail)
 
 
 def run_quick(args: Sequence[str], *, ffmpeg: str | None = None, timeout_s: float = 15.0) -> tuple[int, str]:

@@ -130,9 +130,7 @@ def decide(info: SourceInfo, spec: OutputSpec, preset: Preset, tiers: Tiers | No
     """Pick sizes, bitrates and audio layout; raise when the source can't make this format."""
     tiers = tiers or load_tiers()
     if preset.has_video and info.video is None:
-        raise SourceError(
-            f"{spec.format} needs a video stream but the source has none", code=ErrorCode.SOURCE_NO_VIDEO
-        )
+        raise SourceError(f"{spec.format} needs a video stream but the source has none", code=ErrorCode.SOURCE_NO_VIDEO)
     if not preset.has_video and info.audio is None:
         raise SourceError(
             f"{spec.format} needs an audio stream but the source has none", code=ErrorCode.SOURCE_NO_AUDIO
@@ -280,9 +278,13 @@ def build_graph(info: SourceInfo, timeline: Timeline, preset: Preset, enc: Encod
         post = []
         if enc.crop_odd:
             post.append(f"crop={enc.width}:{enc.height}:0:0")
-        elif enc.width and enc.height and info.video is not None:
-            if (enc.width, enc.height) != (info.video.display_width, info.video.display_height):
-                post.append(f"scale={enc.width}:{enc.height}:flags=bicubic")
+        elif (
+            enc.width
+            and enc.height
+            and info.video is not None
+            and (enc.width, enc.height) != (info.video.display_width, info.video.display_height)
+        ):
+            post.append(f"scale={enc.width}:{enc.height}:flags=bicubic")
         post.append("format=yuv420p")
         # Concat offsets each piece by its longer stream; restate frame times on
         # the exact grid so the encoder sees clean CFR timestamps.

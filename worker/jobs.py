@@ -47,9 +47,7 @@ class Job:
             "asset_id": self.asset_id,
             "cut_id": self.cut_id,
             "source": {"uri": self.source_uri},
-            "segments": None
-            if self.segments is None
-            else [{"start": s.start, "end": s.end} for s in self.segments],
+            "segments": None if self.segments is None else [{"start": s.start, "end": s.end} for s in self.segments],
             "output": self.output.to_dict(),
             "webhook": None if self.webhook is None else {"url": self.webhook.url, "secret": self.webhook.secret},
         }

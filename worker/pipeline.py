@@ -73,8 +73,9 @@ class Observer:
 
     def started(self, fmt: str) -> None: ...
 
-    def finished(self, outcome: str, fmt: str, encoder: str, wall_s: float, output_s: float, source_s: float) -> None:
-        ...
+    def finished(
+        self, outcome: str, fmt: str, encoder: str, wall_s: float, output_s: float, source_s: float
+    ) -> None: ...
 
     def failed(self, code: str, fmt: str) -> None: ...
 
@@ -161,14 +162,28 @@ class _Lease:
             self._write()
 
 
+class EventNotQueued(RenderError):
+    """The record is final but its event could not be handed over: redeliver, and the event goes out then."""
+
+    code = ErrorCode.INTERNAL_ERROR
+    transient = True
+
+
 def _send(deps: Deps, event_type: str, render_id: str, asset_id: str, webhook: Webhook | None, extra: dict) -> None:
-    """Hand the terminal event over once; a failure here must not undo the render."""
+    """Hand the terminal event over once; a failure here must not undo the render.
+
+    The record is already terminal, so a redelivery does no work: it finds the
+    event unmarked and sends it (:func:`_terminal_event`). That needs the queue
+    to retry, so whatever the sender raised (a broker error, say) leaves as a
+    transient error rather than as an unexpected one, which would dead-letter
+    the message and lose the event.
+    """
     try:
         deps.send_event(event_type, render_id, asset_id, webhook, extra)
         deps.records.mark_event(render_id)
-    except Exception:  # noqa: BLE001 - the record is final; the event is retried on redelivery
+    except Exception as exc:  # noqa: BLE001 - the record is final; the event is retried on redelivery
         log.exception("could not enqueue %s for %s", event_type, render_id)
-        raise
+        raise EventNotQueued(f"could not enqueue {event_type} for {render_id}: {exc}") from exc
 
 
 def _terminal_event(deps: Deps, render_id: str, webhook: Webhook | None) -> None:
@@ -244,8 +259,8 @@ def process(
         return Outcome.FAILED
     except Exception as exc:  # noqa: BLE001 - a bug: fail the record instead of retrying forever
         log.exception("render %s failed unexpectedly", job.render_id)
-        err = RenderError(f"unexpected error: {type(exc).__name__}: {exc}")
-        _fail(deps, job.render_id, err, defaults, job.asset_id, job.webhook)
+        bug = RenderError(f"unexpected error: {type(exc).__name__}: {exc}")
+        _fail(deps, job.render_id, bug, defaults, job.asset_id, job.webhook)
         return Outcome.FAILED
 
     fields = {

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from worker import ffmpeg
-from worker.encoders import NvencStatus, nvenc_status, variant_order
-from worker.errors import EncodeError, ErrorCode, RenderError, SourceError
+from worker.encoders import NvencStatus, encode_with_fallback, nvenc_status, variant_order
+from worker.errors import ErrorCode, SourceError
 from worker.graph import EncodeSettings, OutputSpec, build_graph, decide, ffmpeg_args
 from worker.plan import Segment, Timeline, build_timeline, clamp_to_source
 from worker.presets import Preset, load_preset
@@ -158,37 +158,28 @@ def render(
         nvenc = nvenc_status(settings.nvenc, ffmpeg_path=ffmpeg_bin, timeout_s=settings.nvenc_probe_timeout_s)
     order = variant_order(preset_cpu.has_video, nvenc or NvencStatus(False, "not needed", 0.0))
 
-    fallback: str | None = None
     with tempfile.TemporaryDirectory(prefix="render-", dir=settings.work_dir or None) as tmp:
-        for i, variant in enumerate(order):
+
+        def attempt(variant: str) -> None:
             preset = load_preset(spec.format, variant)
-            graph_file = Path(tmp) / "graph.txt"
+            graph_file = Path(tmp) / f"graph-{variant}.txt"
             graph_file.write_text(plan.graph(preset), encoding="utf-8")
             partial = ffmpeg.temp_output_path(out_path, "." + preset.extension)
-            args = command_for(plan, preset, str(graph_file), str(partial))
             try:
                 ffmpeg.run(
-                    args,
+                    command_for(plan, preset, str(graph_file), str(partial)),
                     ffmpeg=ffmpeg_bin,
                     expected_duration_s=plan.timeline.duration,
                     on_progress=on_progress,
                     cancel=cancel,
                     deadline=deadline,
                 )
-            except EncodeError as exc:
-                partial.unlink(missing_ok=True)
-                if variant == "nvenc" and i + 1 < len(order):
-                    fallback = exc.message
-                    log.warning("NVENC failed mid-job, falling back to the CPU preset: %s", exc.message)
-                    continue
-                raise
-            except BaseException:
-                partial.unlink(missing_ok=True)
-                raise
-            os.replace(partial, out_path)
-            break
-        else:  # pragma: no cover - the loop always breaks or raises
-            raise RenderError("no encoder variant was tried")
+                os.replace(partial, out_path)
+            finally:
+                partial.unlink(missing_ok=True)  # a failed or cancelled run leaves nothing
+
+        variant, fallback = encode_with_fallback(order, attempt)
+    preset = load_preset(spec.format, variant)
 
     return RenderResult(
         path=str(out_path),

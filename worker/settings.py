@@ -33,23 +33,44 @@ class Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     # Broker and state.
-    Setting("redis_url", str, "redis://localhost:6379/0", "Redis used as the Dramatiq broker and the render-record store."),
+    Setting(
+        "redis_url", str, "redis://localhost:6379/0", "Redis used as the Dramatiq broker and the render-record store."
+    ),
     Setting("queue", str, "render", "Name of the render queue."),
     Setting("webhook_queue", str, "render-webhooks", "Name of the webhook-delivery queue."),
-    Setting("broker_heartbeat_timeout_ms", int, 60_000, "A worker silent this long is presumed dead and its unacked jobs are requeued."),
-    Setting("broker_maintenance_chance", int, 1000, "Broker calls per million that run the sweep requeueing dead workers' jobs."),
-    Setting("lease_ttl_s", float, 30.0, "A render's lease lapses this long after its worker stops renewing it (crash)."),
+    Setting(
+        "broker_heartbeat_timeout_ms",
+        int,
+        60_000,
+        "A worker silent this long is presumed dead and its unacked jobs are requeued.",
+    ),
+    Setting(
+        "broker_maintenance_chance",
+        int,
+        1000,
+        "Broker calls per million that run the sweep requeueing dead workers' jobs.",
+    ),
+    Setting(
+        "lease_ttl_s", float, 30.0, "A render's lease lapses this long after its worker stops renewing it (crash)."
+    ),
     Setting("max_retries", int, 5, "Attempts for transient failures before the job fails for good."),
     Setting("retry_min_backoff_ms", int, 2_000, "First retry delay; it doubles each attempt."),
     Setting("retry_max_backoff_ms", int, 300_000, "Cap on the retry delay."),
     Setting("time_limit_s", float, 4 * 3600.0, "A render running longer is stopped and fails with `timeout`."),
-    Setting("shutdown_timeout_s", float, 600.0, "On SIGTERM, how long the current render may finish before it is requeued."),
+    Setting(
+        "shutdown_timeout_s", float, 600.0, "On SIGTERM, how long the current render may finish before it is requeued."
+    ),
     Setting("record_ttl_s", int, 30 * 86400, "How long render records are kept in Redis."),
     # Storage.
     Setting("s3_endpoint_url", str, "", "S3-compatible endpoint; empty means AWS."),
     Setting("s3_region", str, "us-east-1", "Region used for signing S3 requests."),
     Setting("s3_addressing_style", str, "path", "S3 addressing style: `path` or `virtual`."),
-    Setting("s3_checksum", str, "when_required", "boto3 checksum mode: `when_required` (works with most S3-compatible stores) or `when_supported`."),
+    Setting(
+        "s3_checksum",
+        str,
+        "when_required",
+        "boto3 checksum mode: `when_required` (works with most S3-compatible stores) or `when_supported`.",
+    ),
     Setting("output_bucket", str, "renders", "Bucket outputs are written to."),
     Setting("output_prefix", str, "renders", "Key prefix: outputs go to `<prefix>/<render_id>/<render_id>.<ext>`."),
     Setting("multipart_threshold_bytes", int, 64 * 1024 * 1024, "Outputs at least this large are uploaded in parts."),
@@ -74,7 +95,9 @@ SETTINGS: tuple[Setting, ...] = (
     # Metrics.
     Setting("metrics_port", int, 9191, "Port the Prometheus metrics are served on (0 disables)."),
     Setting("metrics_host", str, "0.0.0.0", "Address the metrics server binds to."),
-    Setting("metrics_dir", str, "", "Directory for multiprocess metrics; empty means a fresh temp dir per worker start."),
+    Setting(
+        "metrics_dir", str, "", "Directory for multiprocess metrics; empty means a fresh temp dir per worker start."
+    ),
     Setting("queue_depth_interval_s", float, 15.0, "How often queue depth and GPU telemetry are sampled."),
 )
 
