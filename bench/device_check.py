@@ -96,7 +96,7 @@ def run(ffmpeg: str) -> None:
             graph = Path(tmp) / f"{name}.txt"
             graph.write_text(case["graphs"][name])
             args = [{"{GRAPH}": str(graph), "{OUT}": out}.get(a, a) for a in case["args"][name]]
-            return [src if a.endswith(".mp4") and "-i" == args[i - 1] else a for i, a in enumerate(args)]
+            return [src if a.endswith(".mp4") and args[i - 1] == "-i" else a for i, a in enumerate(args)]
 
         # The real fallback loop, told NVENC works (as a probe on a GPU with NVENC would).
         case = plan["cases"]["30"]
