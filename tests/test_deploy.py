@@ -341,7 +341,7 @@ def test_dockerfiles(name: str, base: str) -> None:
 
 
 def test_operate_doc_explains_every_alert() -> None:
-    doc = (DEPLOY / "OPERATE.md").read_text()
+    doc = (ROOT / "README.md").read_text()
     for path in (DEPLOY / "prometheus" / "rules").glob("*.yml"):
         for group in yaml.safe_load(path.read_text())["groups"]:
             for rule in group["rules"]:
