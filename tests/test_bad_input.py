@@ -159,3 +159,22 @@ def test_probe_refuses_network_and_other_protocols(tmp_path):
         timeout=10,
     )
     assert done.returncode != 0 and "not on whitelist" in done.stderr
+
+
+def test_truncated_source_with_index_in_front_is_not_a_short_success(media, tmp_path):
+    """The index says 20 s but the data stops halfway: ffmpeg exits 0, the worker must not."""
+    whole = tmp_path / "faststart.mp4"
+    subprocess.run(
+        [ffmpeg.resolve_ffmpeg(), "-hide_banner", "-loglevel", "error", "-i", str(media["cfr2997"]), "-c", "copy",
+         "-movflags", "+faststart", str(whole)],
+        check=True,
+    )  # fmt: skip
+    cut = tmp_path / "cut.mp4"
+    data = whole.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    for fmt in ("mp4", "m4a"):
+        out = tmp_path / f"out.{fmt}"
+        with pytest.raises(RenderError) as info:
+            render(cut, None, OutputSpec(fmt), out)
+        assert info.value.code is ErrorCode.SOURCE_UNREADABLE and "ended early" in info.value.message
+        assert not out.exists()

@@ -44,6 +44,8 @@ from worker.probe import FORMAT_WHITELIST, PROTOCOL_WHITELIST, SourceInfo
 RESOLUTIONS = ("720p", "1080p", "4k")
 # Sample rate for a silent track added to a video output whose source has no audio.
 SILENT_RATE = 48000
+# Silence allowed past the end of the source's audio, beyond what the probe says is missing.
+PAD_MARGIN_S = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,8 +248,11 @@ def build_graph(info: SourceInfo, timeline: Timeline, preset: Preset, enc: Encod
         sr = timeline.sample_rate
         a0 = round(info.audio.start * sr)  # render-timeline position of the first sample
         need = max(p.a_src + p.a_len for p in pieces) - a0
-        # apad covers audio that ends a little before the video; it counts from the first sample.
-        head = f"[0:{info.audio.index}]asettb=1/{sr},apad=whole_len={max(need, 1)}"
+        # apad covers audio that ends a little before the video (as the probe saw it),
+        # plus a small margin. It is bounded on purpose: a source whose data stops
+        # early must come out short (and be caught), not padded with silence.
+        pad = max(0, need - round(info.audio.duration * sr)) + round(PAD_MARGIN_S * sr)
+        head = f"[0:{info.audio.index}]asettb=1/{sr},apad=pad_len={pad}"
         a_pads = _segmenter(chains, head, "a", [(p.a_src - a0, p.a_src - a0 + p.a_len) for p in pieces])
 
     fade = timeline.fade_samples

@@ -126,6 +126,37 @@ def plan_render(
     return Plan(info=info, spec=spec, timeline=timeline, encode=enc)
 
 
+def verify_output(path: Path, plan: Plan, has_video: bool) -> None:
+    """Check the file really holds the planned media; a short one means the source ended early.
+
+    ffmpeg exits 0 on a source whose data stops before its index says it does
+    (a truncated upload with the index at the front), so without this check a
+    half-length render would be reported as complete.
+    """
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if has_video:
+                stream = container.streams.video[0]
+                got = stream.frames
+                want = plan.timeline.total_units
+                short = got + 1 < want
+                what = f"{got} of {want} frames"
+            else:
+                stream = container.streams.audio[0]
+                dur = float(stream.duration * stream.time_base) if stream.duration else (container.duration or 0) / 1e6
+                short = dur + 0.1 < plan.timeline.duration
+                what = f"{dur:.2f} s of {plan.timeline.duration:.2f} s"
+    except (av.error.FFmpegError, IndexError) as exc:
+        raise SourceError(f"the render produced an unreadable file ({exc})", code=ErrorCode.ENCODE_FAILED) from exc
+    if short:
+        raise SourceError(
+            f"the source ended early: the output has {what} (truncated or damaged source)",
+            code=ErrorCode.SOURCE_UNREADABLE,
+        )
+
+
 def command_for(plan: Plan, preset: Preset, graph_file: str, output_file: str) -> list[str]:
     return ffmpeg_args(plan.info, preset, plan.encode, graph_file, output_file)
 
@@ -174,6 +205,7 @@ def render(
                     cancel=cancel,
                     deadline=deadline,
                 )
+                verify_output(partial, plan, preset.has_video)
                 os.replace(partial, out_path)
             finally:
                 partial.unlink(missing_ok=True)  # a failed or cancelled run leaves nothing
