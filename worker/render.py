@@ -138,14 +138,16 @@ def verify_output(path: Path, plan: Plan, has_video: bool) -> None:
     try:
         with av.open(str(path)) as container:
             if has_video:
-                stream = container.streams.video[0]
-                got = stream.frames
+                got = container.streams.video[0].frames
                 want = plan.timeline.total_units
                 short = got + 1 < want
                 what = f"{got} of {want} frames"
             else:
-                stream = container.streams.audio[0]
-                dur = float(stream.duration * stream.time_base) if stream.duration else (container.duration or 0) / 1e6
+                audio = container.streams.audio[0]
+                if audio.duration is not None and audio.time_base is not None:
+                    dur = float(audio.duration * audio.time_base)
+                else:
+                    dur = (container.duration or 0) / 1e6
                 short = dur + 0.1 < plan.timeline.duration
                 what = f"{dur:.2f} s of {plan.timeline.duration:.2f} s"
     except (av.error.FFmpegError, IndexError) as exc:
