@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -34,6 +35,27 @@ from worker.storage.s3 import S3Storage
 log = logging.getLogger(__name__)
 
 settings: Settings = load()
+
+_SECRET = re.compile(r"whsec_[A-Za-z0-9+/=_-]*")
+
+
+class RedactSecrets(logging.Filter):
+    """Keep webhook secrets out of the logs.
+
+    Dramatiq logs a whole message, arguments included, when an actor raises
+    (``Failed to process message render({...})``), and job messages and webhook
+    deliveries carry the ``whsec_`` secret of their webhook.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if "whsec_" in text:
+            record.msg, record.args = _SECRET.sub("whsec_<redacted>", text), None
+        return True
+
+
+for _name in ("dramatiq.worker.WorkerThread", "dramatiq.worker.ConsumerThread"):
+    logging.getLogger(_name).addFilter(RedactSecrets())
 
 
 class GracefulShutdown(Middleware):

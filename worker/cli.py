@@ -382,12 +382,16 @@ def dramatiq_argv(settings: Settings, processes: int, threads: int) -> list[str]
 def run_worker(processes: int, threads: int) -> NoReturn:
     import os
 
+    # Each consumer holds at most one message per thread, the running ones
+    # included, so a long render never sits on jobs that idle workers could take.
+    # Dramatiq reads this variable once, when dramatiq.worker is imported (and
+    # the worker processes are forked from this one): it must be set before
+    # anything here imports dramatiq, or the default of two per thread applies.
+    os.environ.setdefault("dramatiq_queue_prefetch", str(threads))
+
     from dramatiq import cli as dramatiq_cli
 
     settings = Settings.from_env()
-    # Each consumer holds at most one message per thread beyond the ones running,
-    # so a long render never sits on jobs that idle workers could take.
-    os.environ.setdefault("dramatiq_queue_prefetch", str(threads))
     try:
         from worker import metrics
 

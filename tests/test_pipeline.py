@@ -1,0 +1,268 @@
+"""``pipeline.process``: one delivery of a job, with in-memory storage and records and the real renderer.
+
+The queue layer is not involved: what Dramatiq would do with a raised error is
+decided by ``actors.py`` and checked end to end in test_queue_*.py. Here the
+contract is the pipeline's own: which record, which event, raise or return.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from farm import SECRET
+
+from worker.errors import Cancelled, ErrorCode, StorageError
+from worker.jobs import Webhook
+from worker.pipeline import (
+    COMPLETED,
+    FAILED,
+    Deps,
+    EventNotQueued,
+    LeaseBusy,
+    Outcome,
+    UnrecordableJob,
+    download_url,
+    process,
+)
+from worker.records import MemoryRecordStore
+from worker.settings import Settings
+from worker.storage import MemoryStorage
+
+SOURCE = "s3://media/assets/ast_1/source.wav"
+HOOK = {"url": "http://127.0.0.1:9/hook", "secret": SECRET}
+
+
+@dataclasses.dataclass
+class Sent:
+    event_type: str
+    render_id: str
+    asset_id: str
+    webhook: Webhook | None
+    extra: dict[str, Any]
+
+
+class Recorder:
+    """An event sender that keeps what it was handed (and can be made to fail)."""
+
+    def __init__(self) -> None:
+        self.sent: list[Sent] = []
+        self.fail_with: Exception | None = None
+
+    def __call__(self, event_type: str, render_id: str, asset_id: str, webhook: Webhook | None, extra: Any) -> None:
+        if self.fail_with is not None:
+            raise self.fail_with
+        self.sent.append(Sent(event_type, render_id, asset_id, webhook, dict(extra)))
+
+
+@pytest.fixture
+def deps(media: dict[str, Path]) -> Deps:
+    storage = MemoryStorage(output_bucket="out", attempts=1, base_delay_s=0.0, max_delay_s=0.0)
+    storage.seed(SOURCE, media["audio_wav"].read_bytes())
+    return Deps(
+        settings=Settings(progress_interval_s=0.05, lease_ttl_s=30),
+        records=MemoryRecordStore(),
+        storage=storage,
+        send_event=Recorder(),
+    )
+
+
+def sent(deps: Deps) -> list[Sent]:
+    assert isinstance(deps.send_event, Recorder)
+    return deps.send_event.sent
+
+
+def job(render_id: str = "rnd_1", **changes: Any) -> dict[str, Any]:
+    msg: dict[str, Any] = {
+        "version": 1,
+        "render_id": render_id,
+        "asset_id": "ast_1",
+        "cut_id": "cut_1",
+        "source": {"uri": SOURCE},
+        "segments": [{"start": 1.0, "end": 2.5}, {"start": 4.0, "end": 5.0}],
+        "output": {"format": "m4a", "resolution": None, "video_bitrate": None, "audio_bitrate": None},
+        "webhook": HOOK,
+    }
+    msg.update(changes)
+    return msg
+
+
+def test_a_job_renders_stores_completes_and_sends_one_event(deps: Deps) -> None:
+    assert process(job(), deps, last_attempt=False) is Outcome.COMPLETED
+    rec = deps.records.get("rnd_1")
+    assert rec is not None
+    assert rec["state"] == "completed" and rec["attempts"] == 1 and rec["encoder"] == "cpu"
+    assert rec["output_key"] == "renders/rnd_1/rnd_1.m4a" and abs(rec["duration_s"] - 2.5) < 0.05
+    assert isinstance(deps.storage, MemoryStorage)
+    obj = deps.storage.get("renders/rnd_1/rnd_1.m4a")
+    assert obj.content_type == "audio/mp4" and len(obj.data) == rec["size_bytes"] > 0
+    assert [(e.event_type, e.render_id, e.asset_id) for e in sent(deps)] == [(COMPLETED, "rnd_1", "ast_1")]
+    assert sent(deps)[0].webhook == Webhook(HOOK["url"], HOOK["secret"])
+    assert deps.records.event_marked("rnd_1")
+    url = download_url(deps, rec)
+    assert url is not None and "rnd_1.m4a" in url and "attachment" in url
+
+
+def test_invalid_job_with_a_render_id_fails_the_record_and_sends_one_event(deps: Deps) -> None:
+    msg = job(segments=[{"start": 3.0, "end": 2.0}])
+    assert process(msg, deps, last_attempt=False) is Outcome.FAILED
+    rec = deps.records.get("rnd_1")
+    assert rec is not None
+    assert rec["state"] == "failed" and rec["error_code"] == "invalid_job" and rec["attempts"] == 0
+    assert "segments[0]" in rec["error_message"]
+    assert rec["asset_id"] == "ast_1" and rec["output"]["format"] == "m4a"  # salvaged from the message
+    assert [e.event_type for e in sent(deps)] == [FAILED]
+    assert sent(deps)[0].extra["error_code"] == "invalid_job"
+    assert sent(deps)[0].webhook is not None  # the webhook itself was valid, so it is told
+    assert isinstance(deps.storage, MemoryStorage) and deps.storage.calls["fetch"] == 0  # no work started
+
+
+def test_invalid_job_with_a_bad_webhook_still_fails_the_record(deps: Deps) -> None:
+    msg = job(webhook={"url": "ftp://nope", "secret": SECRET})
+    assert process(msg, deps, last_attempt=False) is Outcome.FAILED
+    rec = deps.records.get("rnd_1")
+    assert rec is not None and rec["error_code"] == "invalid_job" and "webhook.url" in rec["error_message"]
+    assert [(e.event_type, e.webhook) for e in sent(deps)] == [(FAILED, None)]  # nowhere to deliver it
+
+
+@pytest.mark.parametrize(
+    "raw", ["garbage", ["not", "a", "dict"], None, 42, {"version": 1}, {"render_id": "../../etc", "version": 1}]
+)
+def test_garbage_without_a_render_id_is_unrecordable(deps: Deps, raw: Any) -> None:
+    with pytest.raises(UnrecordableJob) as info:
+        process(raw, deps, last_attempt=False)
+    assert info.value.code is ErrorCode.INVALID_JOB and not info.value.transient
+    assert "render_id" in info.value.message
+    assert sent(deps) == []
+    assert isinstance(deps.records, MemoryRecordStore) and deps.records._data == {}
+
+
+def test_transient_storage_error_with_retries_left_raises_and_releases_the_lease(deps: Deps) -> None:
+    assert isinstance(deps.storage, MemoryStorage)
+    deps.storage.fail_next(1, "fetch")
+    with pytest.raises(StorageError) as info:
+        process(job(), deps, last_attempt=False, token="first")
+    assert info.value.transient
+    rec = deps.records.get("rnd_1")
+    assert rec is not None
+    assert rec["state"] == "processing" and rec["attempts"] == 1 and "retrying after" in rec["error_message"]
+    assert sent(deps) == []
+    # The lease was released: the retry (another token) starts at once instead of waiting for it to lapse.
+    assert process(job(), deps, last_attempt=False, token="second") is Outcome.COMPLETED
+    rec = deps.records.get("rnd_1")
+    assert rec is not None and rec["state"] == "completed" and rec["attempts"] == 2
+    assert [e.event_type for e in sent(deps)] == [COMPLETED]
+
+
+def test_transient_storage_error_on_the_last_attempt_fails_with_storage_failed(deps: Deps) -> None:
+    assert isinstance(deps.storage, MemoryStorage)
+    deps.storage.fail_next(1, "put")
+    assert process(job(), deps, last_attempt=True) is Outcome.FAILED
+    rec = deps.records.get("rnd_1")
+    assert rec is not None
+    assert rec["state"] == "failed" and rec["error_code"] == "storage_failed" and rec["attempts"] == 1
+    assert [(e.event_type, e.extra["error_code"]) for e in sent(deps)] == [(FAILED, "storage_failed")]
+    assert deps.storage.objects.keys() == {("media", "assets/ast_1/source.wav")}  # no output
+
+
+def test_duplicate_of_a_completed_job_changes_nothing(deps: Deps) -> None:
+    assert process(job(), deps, last_attempt=False) is Outcome.COMPLETED
+    before = deps.records.get_raw("rnd_1")
+    assert isinstance(deps.storage, MemoryStorage)
+    fetches = deps.storage.calls["fetch"]
+    assert process(job(), deps, last_attempt=False) is Outcome.DUPLICATE
+    assert deps.records.get_raw("rnd_1") == before
+    assert deps.storage.calls["fetch"] == fetches  # nothing was fetched or rendered again
+    assert len(sent(deps)) == 1
+
+
+def test_duplicate_of_a_finished_job_whose_event_was_lost_sends_it(deps: Deps) -> None:
+    recorder = deps.send_event
+    assert isinstance(recorder, Recorder)
+    recorder.fail_with = ConnectionError("broker down")
+    with pytest.raises(EventNotQueued) as info:  # transient: the queue redelivers
+        process(job(), deps, last_attempt=False)
+    assert info.value.transient
+    rec = deps.records.get("rnd_1")
+    assert rec is not None and rec["state"] == "completed" and not deps.records.event_marked("rnd_1")
+    recorder.fail_with = None
+    assert process(job(), deps, last_attempt=False) is Outcome.DUPLICATE
+    assert [e.event_type for e in sent(deps)] == [COMPLETED] and deps.records.event_marked("rnd_1")
+    assert process(job(), deps, last_attempt=False) is Outcome.DUPLICATE
+    assert len(sent(deps)) == 1
+
+
+def test_a_render_leased_elsewhere_is_busy(deps: Deps) -> None:
+    assert deps.records.start("rnd_1", "other-worker", 30, {}).status == "started"
+    with pytest.raises(LeaseBusy) as info:
+        process(job(), deps, last_attempt=True)
+    assert info.value.transient
+    rec = deps.records.get("rnd_1")
+    assert rec is not None and rec["attempts"] == 1  # the other worker's attempt only
+    assert sent(deps) == []
+
+
+def test_permanent_source_errors_fail_at_once(deps: Deps, media: dict[str, Path]) -> None:
+    assert isinstance(deps.storage, MemoryStorage)
+    deps.storage.seed("s3://media/corrupt.mp4", media["corrupt"].read_bytes())
+    cases = {
+        "rnd_missing": (job("rnd_missing", source={"uri": "s3://media/nope.wav"}), "source_not_found"),
+        "rnd_corrupt": (job("rnd_corrupt", source={"uri": "s3://media/corrupt.mp4"}), "source_unreadable"),
+        "rnd_novideo": (job("rnd_novideo", output={"format": "mp4"}), "source_no_video"),
+        "rnd_range": (job("rnd_range", segments=[{"start": 0, "end": 1}, {"start": 300, "end": 301}]), "invalid_job"),
+    }
+    for render_id, (msg, code) in cases.items():
+        assert process(msg, deps, last_attempt=False) is Outcome.FAILED, render_id
+        rec = deps.records.get(render_id)
+        assert rec is not None and (rec["state"], rec["error_code"], rec["attempts"]) == ("failed", code, 1)
+    assert sorted((e.render_id, e.extra["error_code"]) for e in sent(deps)) == sorted(
+        (r, code) for r, (_, code) in cases.items()
+    )
+
+
+def test_cancel_releases_the_lease_and_raises_even_on_the_last_attempt(deps: Deps) -> None:
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled):
+        process(job(), deps, last_attempt=True, cancel=cancel)
+    rec = deps.records.get("rnd_1")
+    assert rec is not None and rec["state"] == "processing"
+    assert deps.records.start("rnd_1", "next-worker", 30, {}).status == "started"
+    assert sent(deps) == []
+
+
+def test_time_limit_fails_with_timeout_and_leaves_no_output(deps: Deps, tmp_path: Path) -> None:
+    deps.settings = deps.settings.replace(time_limit_s=0.0, work_dir=str(tmp_path))
+    assert process(job(), deps, last_attempt=False) is Outcome.FAILED
+    rec = deps.records.get("rnd_1")
+    assert rec is not None and rec["error_code"] == "timeout"
+    assert isinstance(deps.storage, MemoryStorage) and deps.storage.calls["put"] == 0
+    assert list(tmp_path.iterdir()) == []  # scratch files removed
+
+
+def test_an_unexpected_error_fails_with_internal_error_instead_of_looping(deps: Deps) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise ZeroDivisionError("bug")
+
+    deps.renderer = broken
+    assert process(job(), deps, last_attempt=False) is Outcome.FAILED
+    rec = deps.records.get("rnd_1")
+    assert rec is not None and rec["error_code"] == "internal_error" and "ZeroDivisionError" in rec["error_message"]
+    assert [e.event_type for e in sent(deps)] == [FAILED]
+
+
+def test_progress_is_written_while_rendering(deps: Deps, media: dict[str, Path]) -> None:
+    seen: list[float] = []
+    records = deps.records
+    real_progress = records.progress
+
+    def spy(render_id: str, token: str, ratio: float, ttl: float) -> bool:
+        seen.append(ratio)
+        return real_progress(render_id, token, ratio, ttl)
+
+    records.progress = spy  # type: ignore[method-assign]
+    assert process(job(segments=None), deps, last_attempt=False) is Outcome.COMPLETED
+    assert seen and max(seen) <= 1.0 and seen == sorted(seen)
