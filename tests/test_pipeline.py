@@ -102,7 +102,7 @@ def test_a_job_renders_stores_completes_and_sends_one_event(deps: Deps) -> None:
     assert [(e.event_type, e.render_id, e.asset_id) for e in sent(deps)] == [(COMPLETED, "rnd_1", "ast_1")]
     assert sent(deps)[0].webhook == Webhook(HOOK["url"], HOOK["secret"])
     assert deps.records.event_marked("rnd_1")
-    url = download_url(deps, rec)
+    url = download_url(deps.storage, rec, deps.settings.url_expiry_s)
     assert url is not None and "rnd_1.m4a" in url and "attachment" in url
 
 

@@ -314,7 +314,12 @@ def enqueue(
             render_id,
             {"asset_id": job.asset_id, "cut_id": job.cut_id, "output": job.output.to_dict(), "created_at": now_iso()},
         )
-        actors.render.send(message)
+        try:
+            actors.render.send(message)
+        except Exception as exc:
+            # Never leave a pending record that no job will ever move.
+            store.fail(render_id, ErrorCode.INTERNAL_ERROR.value, f"the job could not be queued: {exc}", {})
+            raise
     except RenderError as err:
         fail(err)
     except Exception as exc:  # noqa: BLE001
@@ -333,15 +338,7 @@ def read_status(render_id: str, settings: Settings | None = None) -> dict[str, A
     record = store.get(render_id)
     if record is None:
         return None
-    storage = S3Storage(settings)
-
-    class _D:  # the two collaborators download_url needs
-        pass
-
-    deps = _D()
-    deps.storage = storage  # type: ignore[attr-defined]
-    deps.settings = settings  # type: ignore[attr-defined]
-    record["download_url"] = download_url(deps, record)  # type: ignore[arg-type]
+    record["download_url"] = download_url(S3Storage(settings), record, settings.url_expiry_s)
     return record
 
 

@@ -312,10 +312,9 @@ def _run(job: Job, deps: Deps, lease: _Lease, cancel: threading.Event | None) ->
         return result
 
 
-def download_url(deps: Deps, record: Mapping[str, Any]) -> str | None:
-    """A freshly minted URL for a completed record (never stored)."""
+def download_url(storage: Storage, record: Mapping[str, Any], expiry_s: int) -> str | None:
+    """A freshly minted URL for a completed record (never stored: it expires)."""
     key = record.get("output_key")
     if record.get("state") != "completed" or not key:
         return None
-    filename = PurePosixPath(key).name
-    return deps.storage.presign(key, filename, deps.settings.url_expiry_s)
+    return storage.presign(key, PurePosixPath(key).name, expiry_s)
