@@ -64,7 +64,14 @@ def test_live_scrape_reports_exactly_what_happened(redis_server, s3_server, webh
             s = scrape(port)
             done = value(s, "render_jobs_total") == 5 and value(s, "render_webhook_deliveries_total") == 6
             dead = value(s, "render_queue_depth", queue=f.queue, state="dead") == 1
-            return s if done and dead else None
+            # Queue depth is sampled every queue_depth_interval_s: wait for a sample
+            # taken after the last message left the queues.
+            idle = all(
+                value(s, "render_queue_depth", queue=q, state=st) == 0
+                for q in (f.queue, f.webhook_queue)
+                for st in ("ready", "delayed")
+            )
+            return s if done and dead and idle else None
 
         s = wait_for(settled, 30, "the scrape to settle")
         objects = f.objects()
