@@ -66,9 +66,12 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str, interval
         time.sleep(interval_s)
 
 
-def pids_in_group(pgid: int) -> list[int]:
-    """Live processes whose process group is ``pgid`` (read from /proc, zombies excluded)."""
-    found = []
+def _processes() -> Iterator[tuple[int, str, list[str]]]:
+    """(pid, comm, fields after comm) of every live process, read from /proc; zombies excluded.
+
+    ``/proc/<pid>/stat`` is ``pid (comm) state ppid pgrp ...``; comm may hold
+    spaces, so the fields are split after the last ')'.
+    """
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -76,28 +79,19 @@ def pids_in_group(pgid: int) -> list[int]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        # pid (comm) state ppid pgrp ...: comm may hold spaces, so split after the last ')'
         fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            found.append(int(entry.name))
-    return found
+        if fields[0] != "Z":
+            yield int(entry.name), stat[stat.index("(") + 1 : stat.rindex(")")], fields
+
+
+def pids_in_group(pgid: int) -> list[int]:
+    """Live processes whose process group is ``pgid``."""
+    return [pid for pid, _, fields in _processes() if int(fields[2]) == pgid]
 
 
 def ffmpeg_children(pid: int) -> list[int]:
     """Live ffmpeg processes whose parent is ``pid`` (the bundled binary's name starts with 'ffmpeg')."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
-        fields = stat.rsplit(")", 1)[1].split()
-        if comm.startswith("ffmpeg") and fields[0] != "Z" and int(fields[1]) == pid:
-            found.append(int(entry.name))
-    return found
+    return [child for child, comm, fields in _processes() if comm.startswith("ffmpeg") and int(fields[1]) == pid]
 
 
 def alive(pid: int) -> bool:

@@ -258,16 +258,9 @@ def test_surround(media, tmp_path, fmt, channels):
     segs = [Segment(0.5, 2.0), Segment(2.5, 4.5)]
     plan = plan_render(media["surround51"], segs, OutputSpec(fmt))
     _, out = do_render(media["surround51"], segs, fmt, tmp_path)
-    audio, _ = mc.decode_audio(out)
-    assert audio.shape[0] == channels
-    ref = gen.source_audio("surround51")[0]
-    # front-left carries the noise in both layouts (a downmix adds it to L and R)
-    x = mc.decode_audio(out)[0][0]
-    p = plan.timeline.pieces[1]
-    start = p.a_out + p.a_len // 2
-    src_t = Fraction(p.src, 30) + Fraction(start - p.a_out, 48000)
-    pos, peak = mc.find_offset(ref, x[start : start + 2048], int(src_t * 48000), 2400)
-    assert peak > 0.8 and abs(pos - int(src_t * 48000)) <= 48
+    assert mc.decode_audio(out)[0].shape[0] == channels
+    # every channel carries the same noise, so the downmix does too
+    check_sync(out, plan, gen.source_audio("surround51")[0], 48000)
 
 
 def test_default_audio_stream_is_used(media, tmp_path):
