@@ -29,11 +29,12 @@ CARRY = ROOT / ".devcarry"
 SECONDS = 120
 
 
-def source_args(ffmpeg: str, out: str) -> list[str]:
+def source_args(ffmpeg: str, out: str, seconds: int = SECONDS) -> list[str]:
+    """The benchmark source: 1280x720 30 fps test pattern (H.264 6 Mb/s) with pink-noise AAC stereo."""
     return [
         ffmpeg, "-hide_banner", "-loglevel", "error", "-y",
-        "-f", "lavfi", "-i", f"testsrc2=size=1280x720:rate=30:duration={SECONDS}",
-        "-f", "lavfi", "-i", f"anoisesrc=r=48000:d={SECONDS}:c=pink:seed=7:a=0.2",
+        "-f", "lavfi", "-i", f"testsrc2=size=1280x720:rate=30:duration={seconds}",
+        "-f", "lavfi", "-i", f"anoisesrc=r=48000:d={seconds}:c=pink:seed=7:a=0.2",
         "-ac", "2", "-c:v", "libx264", "-preset", "veryfast", "-b:v", "6M",
         "-c:a", "aac", "-b:a", "192k", "-shortest", out,
     ]  # fmt: skip

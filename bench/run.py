@@ -34,6 +34,7 @@ import imageio_ffmpeg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.device_check import source_args  # noqa: E402
 from worker.graph import OutputSpec  # noqa: E402
 from worker.plan import Segment  # noqa: E402
 from worker.presets import load_preset  # noqa: E402
@@ -44,40 +45,8 @@ RESULTS = ROOT / "bench" / "results"
 
 
 def make_source(path: Path, seconds: int) -> None:
-    if path.exists():
-        return
-    subprocess.run(
-        [
-            FFMPEG,
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            f"testsrc2=size=1280x720:rate=30:duration={seconds}",
-            "-f",
-            "lavfi",
-            "-i",
-            f"anoisesrc=r=48000:d={seconds}:c=pink:seed=7:a=0.2",
-            "-ac",
-            "2",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "veryfast",
-            "-b:v",
-            "6M",
-            "-c:a",
-            "aac",
-            "-b:a",
-            "192k",
-            "-shortest",
-            str(path),
-        ],
-        check=True,
-    )
+    if not path.exists():
+        subprocess.run(source_args(FFMPEG, str(path), seconds), check=True)
 
 
 def make_plan(n: int, duration: float, keep: float, seed: int) -> list[Segment]:
