@@ -44,7 +44,7 @@ def prepare() -> None:
     import imageio_ffmpeg
 
     from bench.run import make_plan, naive_graph
-    from worker.graph import OutputSpec
+    from worker.output import OutputSpec
     from worker.presets import load_preset
     from worker.render import command_for, plan_render
 

@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 from bench.run import make_plan, naive_graph  # noqa: E402
 from fixtures import generate as gen  # noqa: E402
 from worker import ffmpeg  # noqa: E402
-from worker.graph import OutputSpec  # noqa: E402
+from worker.output import OutputSpec  # noqa: E402
 from worker.presets import load_preset  # noqa: E402
 from worker.render import command_for, plan_render  # noqa: E402
 

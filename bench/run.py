@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.device_check import source_args  # noqa: E402
-from worker.graph import OutputSpec  # noqa: E402
+from worker.output import OutputSpec  # noqa: E402
 from worker.plan import Segment  # noqa: E402
 from worker.presets import load_preset  # noqa: E402
 from worker.render import command_for, plan_render  # noqa: E402

@@ -17,7 +17,7 @@ import pytest
 from fixtures import generate as gen
 from worker import ffmpeg
 from worker.errors import ErrorCode, InvalidJob, RenderError
-from worker.graph import OutputSpec
+from worker.output import OutputSpec
 from worker.plan import Segment
 from worker.probe import FORMAT_WHITELIST, PROTOCOL_WHITELIST, probe
 from worker.render import render

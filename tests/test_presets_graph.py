@@ -8,7 +8,8 @@ from fractions import Fraction
 import pytest
 
 from worker.errors import ErrorCode, InvalidJob, SourceError
-from worker.graph import OutputSpec, build_graph, decide, output_size
+from worker.graph import build_graph, decide, output_size
+from worker.output import OutputSpec
 from worker.plan import Segment, build_timeline
 from worker.presets import FORMATS, VARIANTS, all_presets, load_preset, load_tiers
 from worker.probe import AudioInfo, SourceInfo, VideoInfo

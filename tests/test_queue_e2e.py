@@ -24,7 +24,7 @@ from test_render_exact import check_frames, check_sync
 
 from fixtures import generate as gen
 from worker.cli import read_status
-from worker.graph import OutputSpec
+from worker.output import OutputSpec
 from worker.plan import Segment
 from worker.render import plan_render
 

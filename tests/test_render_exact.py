@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from fixtures import generate as gen
-from worker.graph import OutputSpec
+from worker.output import OutputSpec
 from worker.plan import Segment
 from worker.render import RenderResult, plan_render, render
 
@@ -312,7 +312,7 @@ def test_memory_is_flat_in_the_number_of_segments(media, tmp_path):
         plan.write_text(json.dumps({"segments": [s.__dict__ for s in segs]}))
         script = (
             "import json,resource,sys\n"
-            "from worker.render import render\nfrom worker.graph import OutputSpec\n"
+            "from worker.render import render\nfrom worker.output import OutputSpec\n"
             "from worker.plan import parse_segments\n"
             "segs=parse_segments(json.load(open(sys.argv[2]))['segments'])\n"
             "render(sys.argv[1], segs, OutputSpec('mp4'), sys.argv[3])\n"

@@ -18,7 +18,7 @@ import click
 
 from worker import presets as presets_mod
 from worker.errors import ErrorCode, InvalidJob, RenderError
-from worker.graph import OutputSpec
+from worker.output import OutputSpec
 from worker.plan import Segment, parse_segments
 from worker.settings import Settings
 

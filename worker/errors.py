@@ -14,7 +14,8 @@ Tree::
     │   └── NvencUnavailable        encode_failed        (transient: falls back to CPU)
     ├── StorageError                storage_failed       (transient until retries run out)
     ├── RenderTimeout               timeout              (permanent)
-    └── Cancelled                   internal_error       (the job was asked to stop)
+    ├── Cancelled                   internal_error       (the job was asked to stop)
+    └── ConfigError                 internal_error       (a bad RENDER_* setting: stops the process)
 
 ``transient`` is what the queue layer uses to decide whether to retry.
 """
@@ -22,6 +23,13 @@ Tree::
 from __future__ import annotations
 
 import enum
+import re
+from typing import Any
+
+#: Longest excerpt of a tenant's value that an error message may quote.
+EXCERPT_CHARS = 60
+# Webhook secrets, wherever they hide in a value (a dict repr, a URL, a string).
+_SECRET = re.compile(r"whsec_[A-Za-z0-9+/=_-]*")
 
 
 class ErrorCode(enum.StrEnum):
@@ -70,6 +78,53 @@ class RenderError(Exception):
         return {"error_code": self.code.value, "error_message": self.message}
 
 
+def redact(text: str) -> str:
+    """``text`` with every webhook secret replaced by ``whsec_<redacted>``."""
+    return _SECRET.sub("whsec_<redacted>", text)
+
+
+def _bounded_repr(value: Any, depth: int = 0) -> str:
+    """A repr that never walks or copies more than a few items of a tenant's value.
+
+    Strings are cut from their end, never from the middle (as :mod:`reprlib`
+    does), so a secret's ``whsec_`` prefix always stays in front of what is
+    shown and :func:`redact` finds it.
+    """
+    if isinstance(value, str):
+        return repr(value[: EXCERPT_CHARS * 2])
+    if value is None or isinstance(value, bool | float):
+        return repr(value)
+    if isinstance(value, int):
+        return repr(value) if abs(value) < 10**30 else "<a very large int>"
+    if isinstance(value, list | tuple | dict):
+        if depth >= 3:
+            return "[…]" if not isinstance(value, dict) else "{…}"
+        items = list(value.items())[:4] if isinstance(value, dict) else list(value[:4])
+        if isinstance(value, dict):
+            parts = [f"{_bounded_repr(k, depth + 1)}: {_bounded_repr(v, depth + 1)}" for k, v in items]
+        else:
+            parts = [_bounded_repr(v, depth + 1) for v in items]
+        if len(value) > len(items):
+            parts.append("…")
+        open_, close = ("{", "}") if isinstance(value, dict) else ("[", "]")
+        return open_ + ", ".join(parts) + close
+    return f"<{type(value).__name__}>"
+
+
+def excerpt(value: Any, limit: int = EXCERPT_CHARS) -> str:
+    """A short, secret-free repr of a tenant's value, for error messages.
+
+    Error messages end up in render records, webhooks and logs, so they may
+    quote the input only in bounded, redacted form: a 10 MB string or a
+    ``whsec_`` secret must never be stored as ``error_message``. Redaction
+    runs before truncation, so a secret cut short is still hidden.
+    """
+    text = redact(_bounded_repr(value))
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text
+
+
 class InvalidJob(RenderError):
     code = ErrorCode.INVALID_JOB
 
@@ -104,3 +159,9 @@ class Cancelled(RenderError):
 
     code = ErrorCode.INTERNAL_ERROR
     transient = True
+
+
+class ConfigError(RenderError):
+    """A ``RENDER_*`` setting has a bad value: the process must not start (never a job's fault)."""
+
+    code = ErrorCode.INTERNAL_ERROR

@@ -34,54 +34,17 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from fractions import Fraction
-from typing import Any
 
-from worker.errors import ErrorCode, InvalidJob, SourceError
+from worker.errors import ErrorCode, SourceError
+from worker.output import OutputSpec
 from worker.plan import Timeline
 from worker.presets import Preset, Tiers, load_tiers
 from worker.probe import FORMAT_WHITELIST, PROTOCOL_WHITELIST, SourceInfo
 
-RESOLUTIONS = ("720p", "1080p", "4k")
 # Sample rate for a silent track added to a video output whose source has no audio.
 SILENT_RATE = 48000
 # Silence allowed past the end of the source's audio, beyond what the probe says is missing.
 PAD_MARGIN_S = 0.1
-
-
-@dataclasses.dataclass(frozen=True)
-class OutputSpec:
-    format: str
-    resolution: str | None = None
-    video_bitrate: int | None = None  # Mbps
-    audio_bitrate: int | None = None  # kbps
-
-    @classmethod
-    def from_dict(cls, raw: Any, tiers: Tiers | None = None) -> OutputSpec:
-        """Validate the ``output`` object of a job; errors name the field and value."""
-        tiers = tiers or load_tiers()
-        if not isinstance(raw, dict):
-            raise InvalidJob(f"output must be an object, got {raw!r}")
-        unknown = set(raw) - {"format", "resolution", "video_bitrate", "audio_bitrate"}
-        if unknown:
-            raise InvalidJob(f"output has unknown field(s): {', '.join(sorted(unknown))}")
-        fmt = raw.get("format")
-        if fmt not in ("mp4", "mov", "m4a", "mp3"):
-            raise InvalidJob(f"output.format must be one of mp4, mov, m4a, mp3; got {fmt!r}")
-        res = raw.get("resolution")
-        if res is not None and res not in tiers.resolutions:
-            raise InvalidJob(f"output.resolution must be one of {', '.join(tiers.resolutions)} or null; got {res!r}")
-        vb = raw.get("video_bitrate")
-        if vb is not None and (isinstance(vb, bool) or vb not in tiers.video_allowed_mbps):
-            allowed = ", ".join(map(str, tiers.video_allowed_mbps))
-            raise InvalidJob(f"output.video_bitrate must be one of {allowed} (Mbps) or null; got {vb!r}")
-        ab = raw.get("audio_bitrate")
-        if ab is not None and (isinstance(ab, bool) or ab not in tiers.audio_allowed_kbps):
-            allowed = ", ".join(map(str, tiers.audio_allowed_kbps))
-            raise InvalidJob(f"output.audio_bitrate must be one of {allowed} (kbps) or null; got {ab!r}")
-        return cls(format=fmt, resolution=res, video_bitrate=vb, audio_bitrate=ab)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any
 
 from worker import webhooks
 from worker.errors import InvalidJob
-from worker.graph import OutputSpec
+from worker.output import OutputSpec
 from worker.plan import Segment, parse_segments
 from worker.storage.base import parse_uri
 

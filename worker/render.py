@@ -20,7 +20,8 @@ from typing import Any
 from worker import ffmpeg
 from worker.encoders import NvencStatus, encode_with_fallback, nvenc_status, variant_order
 from worker.errors import ErrorCode, SourceError
-from worker.graph import EncodeSettings, OutputSpec, build_graph, decide, ffmpeg_args
+from worker.graph import EncodeSettings, build_graph, decide, ffmpeg_args
+from worker.output import OutputSpec
 from worker.plan import Segment, Timeline, build_timeline, clamp_to_source
 from worker.presets import Preset, load_preset
 from worker.probe import SourceInfo, probe

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from worker.errors import ErrorCode, InvalidJob, RenderError, SourceError, StorageError
+from worker.settings import URL_EXPIRY_RANGE
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ DEFAULT_BASE_DELAY_S = 0.5
 DEFAULT_MAX_DELAY_S = 8.0
 
 #: SigV4 presigned URLs cannot outlive seven days.
-MAX_PRESIGN_EXPIRY_S = 7 * 24 * 3600
+MAX_PRESIGN_EXPIRY_S = URL_EXPIRY_RANGE[1]
 
 _SAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]+")
 _SAFE_KEY_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")

@@ -31,7 +31,7 @@ import s3transfer.exceptions
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
-from worker.errors import ErrorCode, InvalidJob, RenderError, SourceError, StorageError
+from worker.errors import ConfigError, ErrorCode, RenderError, SourceError, StorageError
 from worker.settings import Settings
 from worker.storage.base import (
     DEFAULT_ATTEMPTS,
@@ -71,10 +71,11 @@ def build_client(
     max_pool_connections: int = 16,
 ) -> S3Client:
     """An S3 client configured from settings; invalid storage settings are rejected here, at startup."""
+    # Settings validates these at start-up; kept here for clients built from hand-made Settings.
     if settings.s3_checksum not in CHECKSUM_MODES:
-        raise InvalidJob(f"setting RENDER_S3_CHECKSUM={settings.s3_checksum!r} must be one of {CHECKSUM_MODES}")
+        raise ConfigError(f"setting RENDER_S3_CHECKSUM={settings.s3_checksum!r} must be one of {CHECKSUM_MODES}")
     if settings.s3_addressing_style not in ADDRESSING_STYLES:
-        raise InvalidJob(
+        raise ConfigError(
             f"setting RENDER_S3_ADDRESSING_STYLE={settings.s3_addressing_style!r} must be one of {ADDRESSING_STYLES}"
         )
     checksum = cast(Literal["when_supported", "when_required"], settings.s3_checksum)

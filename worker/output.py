@@ -1,0 +1,56 @@
+"""The ``output`` object of a job: the public API's vocabulary for what to make.
+
+Kept apart from the graph builder because it is the contract with the API
+(format, resolution tier, bitrate tiers), validated at intake, while the graph
+builder only consumes a validated :class:`OutputSpec`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from worker.errors import InvalidJob, excerpt
+from worker.presets import FORMATS, Tiers, load_tiers
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputSpec:
+    format: str
+    resolution: str | None = None
+    video_bitrate: int | None = None  # Mbps
+    audio_bitrate: int | None = None  # kbps
+
+    @classmethod
+    def from_dict(cls, raw: Any, tiers: Tiers | None = None) -> OutputSpec:
+        """Validate the ``output`` object of a job; errors name the field and a short excerpt of the value.
+
+        Values are compared only after their type is checked: a tenant can send
+        any JSON here (``{}``, ``[]``), and an unhashable value must end as
+        ``invalid_job``, not as a ``TypeError`` out of a dict lookup.
+        """
+        tiers = tiers or load_tiers()
+        if not isinstance(raw, dict):
+            raise InvalidJob(f"output must be an object, got {excerpt(raw)}")
+        unknown = set(raw) - {"format", "resolution", "video_bitrate", "audio_bitrate"}
+        if unknown:
+            raise InvalidJob(f"output has unknown field(s): {excerpt(sorted(unknown))}")
+        fmt = raw.get("format")
+        if not isinstance(fmt, str) or fmt not in FORMATS:
+            raise InvalidJob(f"output.format must be one of {', '.join(FORMATS)}; got {excerpt(fmt)}")
+        res = raw.get("resolution")
+        if res is not None and (not isinstance(res, str) or res not in tiers.resolutions):
+            allowed = ", ".join(tiers.resolutions)
+            raise InvalidJob(f"output.resolution must be one of {allowed} or null; got {excerpt(res)}")
+        vb = raw.get("video_bitrate")
+        if vb is not None and (type(vb) is not int or vb not in tiers.video_allowed_mbps):
+            allowed = ", ".join(map(str, tiers.video_allowed_mbps))
+            raise InvalidJob(f"output.video_bitrate must be one of {allowed} (Mbps) or null; got {excerpt(vb)}")
+        ab = raw.get("audio_bitrate")
+        if ab is not None and (type(ab) is not int or ab not in tiers.audio_allowed_kbps):
+            allowed = ", ".join(map(str, tiers.audio_allowed_kbps))
+            raise InvalidJob(f"output.audio_bitrate must be one of {allowed} (kbps) or null; got {excerpt(ab)}")
+        return cls(format=fmt, resolution=res, video_bitrate=vb, audio_bitrate=ab)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
