@@ -67,7 +67,7 @@ class DeliveryResult:
     attempts: int = 1
 
 
-def validate_url(url: str) -> str:
+def validate_url(url: str, *, allow_private: bool = False) -> str:
     """Accept only ``http``/``https`` URLs with a host, as ``invalid_job`` otherwise.
 
     Checked before any work starts, so a job with an unusable webhook is
