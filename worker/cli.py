@@ -136,6 +136,12 @@ class _Progress:
 @click.version_option(package_name="render-worker")
 def main() -> None:
     """Render cut plans with the worker's pipeline, on local files or through the queue."""
+    # Every command starts by validating every RENDER_* setting, so a bad value
+    # stops it here with the variable named, not later with a traceback.
+    try:
+        Settings.from_env()
+    except RenderError as err:
+        fail(err)
 
 
 @main.command()
@@ -388,7 +394,10 @@ def run_worker(processes: int, threads: int) -> NoReturn:
 
     from dramatiq import cli as dramatiq_cli
 
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()  # refuse to start on a bad setting, before any process forks
+    except RenderError as err:
+        fail(err)
     try:
         from worker import metrics
 
