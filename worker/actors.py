@@ -232,7 +232,9 @@ def deliver_webhook(
         log.info("webhook %s for %s was delivered already", msg_id, render_id)
         return
     body = webhooks.build_event(event_type, render_id, asset_id, extra)
-    result = webhooks.deliver_once(url, secret, msg_id, body, settings.webhook_timeout_s)
+    result = webhooks.deliver_once(
+        url, secret, msg_id, body, settings.webhook_timeout_s, allow_private=settings.webhook_allow_private
+    )
     if result.delivered:
         client.set(done_key, "1", ex=settings.record_ttl_s)
         _observe_webhook(observer, "delivered")

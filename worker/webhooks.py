@@ -1,22 +1,39 @@
-"""Terminal events, signed with Standard Webhooks and delivered over plain HTTP.
+"""Terminal events, signed with Standard Webhooks and delivered only to public addresses.
 
 Each job ends with ``render.completed`` or ``render.failed`` posted to the
 job's webhook URL (DESIGN.md, "Terminal events"). The pieces here are small
-and pure where they can be, so the queue layer can schedule attempts with its
-own retries and ``render-cli`` can simply block:
+and pure where they can be, so the queue layer schedules attempts with its
+own retries:
 
+* :func:`validate_url` — the intake check (``invalid_job``): http/https, a host,
+  no credentials, at most :data:`MAX_URL_CHARS` of printable ASCII, and no host
+  that is a loopback name or a literal non-public address in any spelling.
+  No DNS here: names are checked at delivery, against what they resolve to then.
 * :func:`build_event` — the JSON body, compact and deterministic.
 * :func:`event_id` — ``webhook-id``, stable per render and event type, so a
   redelivered job or a retried attempt carries the same id and receivers dedupe.
 * :func:`sign` — ``v1,<base64 HMAC-SHA256 over "id.timestamp.body">``.
 * :func:`deliver_once` — one POST; never raises for delivery trouble, it
   returns a :class:`DeliveryResult` saying whether another attempt makes sense.
-* :func:`backoff_schedule` / :func:`deliver_with_retries` — a bounded schedule
-  and a blocking loop over it.
+* :func:`backoff_schedule` — a bounded, doubling schedule.
+
+The tenant chooses the URL, so delivery is where server-side request forgery
+is stopped (DESIGN.md, "Trust boundary"; the address policy is
+:mod:`worker.netguard`). :func:`deliver_once` resolves the host once, refuses
+the attempt if *any* answer is not a public address, and then connects to
+exactly the addresses it checked: the connection classes below never look the
+name up again, so DNS rebinding cannot switch the address between the check
+and the connect. The ``Host`` header stays the URL's host, and HTTPS sends
+that name as SNI and verifies the certificate against it. ``allow_private``
+(``RENDER_WEBHOOK_ALLOW_PRIVATE``, off by default) lifts the address policy
+for tests and on-premise receivers; resolution and pinning stay the same.
 
 Only the standard library is used (``http.client``): redirects are *not*
-followed (a POST silently turned into a GET would look delivered), and the
-timeout applies to connecting and to each read.
+followed (a POST silently turned into a GET would look delivered, and a
+redirect could point inside), and the timeout applies to connecting and to
+each read. The receiver's reply body is never read: a result keeps the status
+code and a short, sanitised reason phrase only, since results are logged and
+a forged request's reply is exactly what an attacker would like to read.
 """
 
 from __future__ import annotations
@@ -27,17 +44,18 @@ import dataclasses
 import hashlib
 import hmac
 import http.client
+import ipaddress
 import json
-import logging
+import re
+import socket
 import ssl
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from worker.errors import InvalidJob
-
-log = logging.getLogger(__name__)
+from worker import netguard
+from worker.errors import InvalidJob, excerpt
 
 RENDER_COMPLETED = "render.completed"
 RENDER_FAILED = "render.failed"
@@ -46,46 +64,94 @@ EVENT_TYPES = (RENDER_COMPLETED, RENDER_FAILED)
 SECRET_PREFIX = "whsec_"
 USER_AGENT = "render-worker/0.1 (Standard Webhooks)"
 
-#: How much of a receiver's response body is kept in :attr:`DeliveryResult.reason`.
-_REASON_BYTES = 200
+#: Longest webhook URL accepted at intake (browsers and proxies agree on about this much).
+MAX_URL_CHARS = 2048
+#: Longest receiver-supplied text (the HTTP reason phrase) kept in a result.
+_REASON_CHARS = 60
+#: How many of a name's (all checked) addresses one attempt tries, so an attempt's time stays bounded.
+_MAX_CONNECT_ADDRESSES = 4
+
+# A host name (not a bracketed IPv6 literal): ASCII labels only, so what is
+# checked is exactly what the resolver and the Host header get (IDNs must come
+# as punycode).
+_HOST_NAME = re.compile(r"[A-Za-z0-9._-]+")
+_NOT_URL_CHARS = re.compile(r"[^\x21-\x7e]")
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]+")
+
+Resolver = Callable[[str, int], list[str]]
 
 
 @dataclasses.dataclass(frozen=True)
 class DeliveryResult:
-    """The outcome of one delivery attempt (or, from :func:`deliver_with_retries`, of the last one).
+    """The outcome of one delivery attempt.
 
-    ``retryable`` is False when delivered, and when the receiver answered
-    ``410 Gone`` (the Standard Webhooks way of saying "stop sending").
+    ``retryable`` is False when delivered, when the address policy refused the
+    host (no retry changes that), and when the receiver answered ``410 Gone``
+    (the Standard Webhooks way of saying "stop sending").
     """
 
     delivered: bool
     retryable: bool
     status: int | None  # HTTP status, None when no response arrived
-    reason: str  # short human text: "HTTP 500: <body start>", "timeout after 10s", ...
+    reason: str  # short, sanitised: "HTTP 500 Internal Server Error", "timeout after 10s", ...
     msg_id: str
     elapsed_s: float = 0.0
-    attempts: int = 1
 
 
-def validate_url(url: str, *, allow_private: bool = False) -> str:
-    """Accept only ``http``/``https`` URLs with a host, as ``invalid_job`` otherwise.
-
-    Checked before any work starts, so a job with an unusable webhook is
-    rejected up front instead of rendering and then failing to report.
-    """
+def _split(url: Any) -> urllib.parse.SplitResult:
+    """The parts of a well-formed webhook URL, or :class:`InvalidJob` saying what is wrong with it."""
     if not isinstance(url, str):
-        raise InvalidJob(f"webhook.url must be a string, got {url!r}")
+        raise InvalidJob(f"webhook.url must be a string, got {type(url).__name__}")
+    if len(url) > MAX_URL_CHARS:
+        raise InvalidJob(f"webhook.url is longer than {MAX_URL_CHARS} characters")
+    # Spaces and control characters split or smuggle request lines; non-ASCII
+    # would be encoded differently by each layer. Percent-encoding covers both.
+    if _NOT_URL_CHARS.search(url):
+        raise InvalidJob(f"webhook.url must be printable ASCII without spaces, got {excerpt(url)}")
     try:
         parts = urllib.parse.urlsplit(url)
         port = parts.port  # raises ValueError for a bad port
     except ValueError as exc:
-        raise InvalidJob(f"webhook.url is not a valid URL: {url!r}") from exc
+        raise InvalidJob(f"webhook.url is not a valid URL: {excerpt(url)}") from exc
     if parts.scheme not in ("http", "https"):
-        raise InvalidJob(f"webhook.url must use http or https, got {url!r}")
-    if not parts.hostname:
-        raise InvalidJob(f"webhook.url must name a host, got {url!r}")
-    if any(c in url for c in "\r\n\t ") or port == 0:
-        raise InvalidJob(f"webhook.url is not a valid URL: {url!r}")
+        raise InvalidJob(f"webhook.url must use http or https, got {excerpt(url)}")
+    if "@" in parts.netloc:
+        # Not quoted: the user-info part is where a password would be.
+        raise InvalidJob("webhook.url may not carry credentials (user:password@host)")
+    host = parts.hostname
+    if not host:
+        raise InvalidJob(f"webhook.url must name a host, got {excerpt(url)}")
+    if port == 0 or ("[" not in parts.netloc and not _HOST_NAME.fullmatch(host)):
+        raise InvalidJob(f"webhook.url is not a valid URL: {excerpt(url)}")
+    return parts
+
+
+def _host_refusal(host: str, allow_private: bool) -> str | None:
+    """Why ``host`` may not be contacted before any DNS is done (a loopback name, a literal non-public address)."""
+    if allow_private:
+        return None
+    if netguard.is_local_name(host):
+        return f"webhook.url must name a public host, got {excerpt(host)} (a loopback name)"
+    addr = netguard.parse_literal(host)
+    why = netguard.refusal(addr) if addr is not None else None
+    if why:
+        return f"webhook.url must name a public address, got {excerpt(host)} ({why}: {addr})"
+    return None
+
+
+def validate_url(url: str, *, allow_private: bool = False) -> str:
+    """Accept a webhook URL at intake, or raise :class:`InvalidJob` saying why not.
+
+    Checked before any work starts, so a job with an unusable webhook is
+    rejected up front instead of rendering and then failing to report. Refuses
+    loopback names and literal non-public addresses in any spelling unless
+    ``allow_private``; names are not resolved here (their answers may change
+    by delivery time, so :func:`deliver_once` checks them then).
+    """
+    parts = _split(url)
+    why = _host_refusal(parts.hostname or "", allow_private)
+    if why:
+        raise InvalidJob(why)
     return url
 
 
@@ -147,6 +213,83 @@ def headers_for(secret: str, msg_id: str, timestamp: int, body: bytes) -> dict[s
     }
 
 
+def _clean(text: str | None, limit: int = _REASON_CHARS) -> str:
+    """Receiver- or network-supplied text made safe to log: printable ASCII, one line, at most ``limit`` chars."""
+    text = _UNPRINTABLE.sub(" ", text or "").strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _connect_checked(addresses: list[str], port: int, timeout: float | None) -> socket.socket:
+    """A TCP connection to the first of ``addresses`` that answers; never a name lookup.
+
+    ``AI_NUMERICHOST`` only turns an address string into a socket address (an
+    IPv6 zone included); it fails rather than ask DNS.
+    """
+    error: OSError = OSError("no address to connect to")
+    for address in addresses[:_MAX_CONNECT_ADDRESSES]:
+        try:
+            family, type_, proto, _canon, sockaddr = socket.getaddrinfo(
+                address, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST
+            )[0]
+        except OSError as exc:
+            error = exc
+            continue
+        sock = socket.socket(family, type_, proto)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(sockaddr)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as exc:
+            sock.close()
+            error = exc
+            continue
+        return sock
+    raise error
+
+
+class _CheckedHTTPConnection(http.client.HTTPConnection):
+    """HTTP to addresses already checked by the policy; ``host`` is only the Host header.
+
+    The stock ``connect`` resolves ``host`` again, and a second answer is the
+    one DNS rebinding controls.
+    """
+
+    def __init__(self, host: str, port: int, addresses: list[str], timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self._addresses = addresses
+
+    def connect(self) -> None:
+        self.sock = _connect_checked(self._addresses, self.port, self.timeout)
+
+
+class _CheckedHTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS to addresses already checked; SNI and certificate verification use the URL's host."""
+
+    def __init__(self, host: str, port: int, addresses: list[str], timeout: float, context: ssl.SSLContext) -> None:
+        super().__init__(host, port, timeout=timeout, context=context)
+        self._addresses = addresses
+        self._tls = context
+
+    def connect(self) -> None:
+        raw = _connect_checked(self._addresses, self.port, self.timeout)
+        try:
+            # server_hostname sends SNI and, with check_hostname (the default
+            # context's), makes the handshake fail unless the certificate names
+            # this host: connecting by address does not weaken verification.
+            self.sock = self._tls.wrap_socket(raw, server_hostname=self.host)
+        except BaseException:
+            raw.close()
+            raise
+
+
+def _address_refusal(address: str) -> str | None:
+    try:
+        addr = ipaddress.ip_address(address)
+    except ValueError:
+        return "not an IP address"
+    return netguard.refusal(addr)
+
+
 def deliver_once(
     url: str,
     secret: str,
@@ -154,41 +297,79 @@ def deliver_once(
     body: bytes,
     timeout_s: float,
     now: Callable[[], float] = time.time,
+    *,
+    allow_private: bool = False,
+    resolve: Resolver | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> DeliveryResult:
     """POST one signed attempt. 2xx is delivered; everything else is a result, never an exception.
 
-    Timeouts, connection errors, TLS errors, 3xx/4xx/5xx are retryable except
-    ``410 Gone``. Only a bad URL or secret raises (:class:`InvalidJob`), since
-    no retry can fix those.
+    The host is resolved once (``resolve``, default :func:`netguard.resolve`);
+    unless ``allow_private``, a loopback name, or a host any of whose addresses
+    is not public, is refused without connecting, and that result is not
+    retryable. The connection then goes to those same addresses.
+
+    Timeouts, resolution, connection and TLS errors, and 3xx/4xx/5xx are
+    retryable except ``410 Gone``. Only a malformed URL or secret raises
+    (:class:`InvalidJob`): intake refuses both, and no retry can fix them.
+    ``ssl_context`` replaces the default verifying context (tests use it to
+    trust their own CA).
     """
-    validate_url(url)
+    parts = _split(url)
     headers = headers_for(secret, msg_id, int(now()), body)
-    parts = urllib.parse.urlsplit(url)
-    target = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
-    conn: http.client.HTTPConnection
-    if parts.scheme == "https":
-        conn = http.client.HTTPSConnection(
-            parts.hostname or "", parts.port, timeout=timeout_s, context=ssl.create_default_context()
-        )
-    else:
-        conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout_s)
+    host = parts.hostname or ""
+    https = parts.scheme == "https"
+    port = parts.port or (http.client.HTTPS_PORT if https else http.client.HTTP_PORT)
     started = time.monotonic()
 
     def result(delivered: bool, retryable: bool, status: int | None, reason: str) -> DeliveryResult:
         return DeliveryResult(delivered, retryable, status, reason, msg_id, time.monotonic() - started)
 
+    refused = _host_refusal(host, allow_private)
+    if refused:
+        return result(False, False, None, refused + "; not sent")
+    try:
+        addresses = (resolve or netguard.resolve)(host, port)
+    except OSError as exc:
+        detail = _clean(exc.strerror or type(exc).__name__)
+        return result(False, True, None, f"cannot resolve {excerpt(host)}: {detail}")
+    if not addresses:
+        return result(False, True, None, f"cannot resolve {excerpt(host)}: no address")
+    if not allow_private:
+        for address in addresses:
+            why = _address_refusal(address)
+            if why:
+                shown = address if why != "not an IP address" else excerpt(address)
+                return result(
+                    False, False, None, f"{excerpt(host)} resolves to {shown} ({why}), not a public address; not sent"
+                )
+
+    target = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
+    conn: http.client.HTTPConnection
+    if https:
+        context = ssl_context or ssl.create_default_context()
+        conn = _CheckedHTTPSConnection(host, port, addresses, timeout_s, context)
+    else:
+        conn = _CheckedHTTPConnection(host, port, addresses, timeout_s)
     try:
         conn.request("POST", target, body=body, headers=headers)
         response = conn.getresponse()
-        snippet = response.read(_REASON_BYTES).decode("utf-8", "replace").strip()
+        # Status line only: the body is never read, let alone kept.
+        status, phrase = response.status, _clean(response.reason)
     except TimeoutError:
         return result(False, True, None, f"timeout after {timeout_s:g}s")
-    except (OSError, http.client.HTTPException) as exc:
-        return result(False, True, None, f"{type(exc).__name__}: {exc}")
+    except ssl.SSLCertVerificationError as exc:
+        return result(False, True, None, f"TLS certificate not accepted: {_clean(exc.verify_message)}")
+    except ssl.SSLError as exc:
+        return result(False, True, None, f"TLS error: {_clean(exc.reason or type(exc).__name__)}")
+    except OSError as exc:
+        return result(False, True, None, f"{type(exc).__name__}: {_clean(exc.strerror or str(exc))}")
+    except http.client.HTTPException as exc:
+        # Not str(exc): BadStatusLine and friends quote what the receiver sent.
+        return result(False, True, None, f"bad HTTP response ({type(exc).__name__})")
     finally:
         conn.close()
-    status = response.status
-    reason = f"HTTP {status}" + (f": {snippet}" if snippet else "")
+    reason = f"HTTP {status}" + (f" {phrase}" if phrase else "")
     if 200 <= status < 300:
         return result(True, False, status, reason)
     if status == 410:
@@ -207,38 +388,3 @@ def backoff_schedule(attempts: int, min_ms: int, max_ms: int) -> list[float]:
     if min_ms < 0 or max_ms < min_ms:
         raise ValueError(f"need 0 <= min_ms <= max_ms, got {min_ms}, {max_ms}")
     return [min(max_ms, min_ms * 2**i) / 1000.0 for i in range(attempts - 1)]
-
-
-def deliver_with_retries(
-    url: str,
-    secret: str,
-    msg_id: str,
-    body: bytes,
-    *,
-    attempts: int,
-    min_backoff_ms: int,
-    max_backoff_ms: int,
-    timeout_s: float,
-    sleep: Callable[[float], None] = time.sleep,
-    now: Callable[[], float] = time.time,
-) -> DeliveryResult:
-    """Deliver, blocking, over :func:`backoff_schedule`; returns the last attempt's result.
-
-    For ``render-cli`` and local use. The worker does not call this: it runs
-    :func:`deliver_once` from a queue actor so delivery never blocks a render.
-    """
-    validate_url(url)
-    secret_key(secret)  # a bad secret is a job error, not N failed attempts
-    delays = backoff_schedule(attempts, min_backoff_ms, max_backoff_ms)
-    result: DeliveryResult | None = None
-    for attempt in range(1, attempts + 1):
-        result = dataclasses.replace(deliver_once(url, secret, msg_id, body, timeout_s, now), attempts=attempt)
-        if result.delivered or not result.retryable:
-            break
-        if attempt < attempts:
-            log.warning("webhook %s attempt %d/%d failed: %s", msg_id, attempt, attempts, result.reason)
-            sleep(delays[attempt - 1])
-    assert result is not None
-    if not result.delivered:
-        log.error("webhook %s not delivered after %d attempts: %s", msg_id, result.attempts, result.reason)
-    return result
