@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import os
+import socket
 import subprocess
 import threading
 import time
@@ -14,13 +16,18 @@ from pathlib import Path
 import av
 import pytest
 
+import worker.render
 from fixtures import generate as gen
 from worker import ffmpeg
 from worker.errors import ErrorCode, InvalidJob, RenderError
 from worker.output import OutputSpec
 from worker.plan import Segment
-from worker.probe import FORMAT_WHITELIST, PROTOCOL_WHITELIST, probe
-from worker.render import render
+from worker.presets import load_preset
+from worker.probe import probe
+from worker.render import command_for, plan_render, render
+from worker.settings import Settings
+
+CPU = Settings(nvenc="off")
 
 
 def code_of(fn, *args, **kwargs) -> ErrorCode:
@@ -118,47 +125,96 @@ def test_the_fifo_watch_detects_reads(tmp_path):
     assert state["opened"]
 
 
-def test_playlists_and_concat_scripts_never_read_their_targets(tmp_path):
+def _fooled_probe(monkeypatch: pytest.MonkeyPatch, twin: Path, demuxer: str | None = None) -> None:
+    """Make render()'s probe describe any source as the genuine ``twin`` (optionally with another demuxer).
+
+    The probe is the first guard; this takes it out of the way to test the
+    second one on its own: the input options graph.ffmpeg_args gives ffmpeg. It
+    stands for a file that shows PyAV one thing and ffmpeg another. Everything
+    after the probe is the worker's own path: render() -> plan -> graph ->
+    graph.ffmpeg_args -> ffmpeg.run.
+    """
+    real_probe = worker.render.probe
+
+    def fooled(path, **kwargs):
+        info = real_probe(twin, **kwargs)
+        return dataclasses.replace(info, path=str(path), demuxer=demuxer or info.demuxer)
+
+    monkeypatch.setattr(worker.render, "probe", fooled)
+
+
+def test_playlists_and_concat_scripts_never_read_their_targets(media, tmp_path, monkeypatch):
     secret = tmp_path / "secret.ts"
+    out = tmp_path / "out.mp4"
     with fifo_watch(secret) as state:
         for crafted in crafted_inputs(tmp_path, secret):
             with pytest.raises(RenderError) as info:
-                render(crafted, None, OutputSpec("mp4"), tmp_path / "out.mp4")
+                render(crafted, None, OutputSpec("mp4"), out, settings=CPU)
             assert info.value.code is ErrorCode.SOURCE_UNREADABLE
-            # ffmpeg itself, with the worker's input options, refuses them too,
-            # even when told the playlist's real demuxer.
-            for demuxer in ("mov", "hls", "concat"):
-                args = ["-hide_banner", "-nostdin", "-loglevel", "error"]
-                args += ["-protocol_whitelist", PROTOCOL_WHITELIST, "-format_whitelist", FORMAT_WHITELIST]
-                args += ["-f", demuxer, "-i", str(crafted), "-f", "null", "-"]
-                code, _ = ffmpeg.run_quick(args, timeout_s=10)
-                assert code != 0
+        # ffmpeg itself, with the input options the worker gives it, refuses them
+        # too, even when told the playlist's real demuxer.
+        for demuxer in ("mov", "hls", "concat"):
+            _fooled_probe(monkeypatch, media["noaudio"], demuxer)
+            for crafted in crafted_inputs(tmp_path, secret):
+                with pytest.raises(RenderError) as info:
+                    render(crafted, None, OutputSpec("mp4"), out, settings=CPU, deadline=time.monotonic() + 20)
+                if demuxer != "mov":  # "mov" just fails to parse a text file
+                    assert info.value.code is ErrorCode.SOURCE_UNREADABLE, info.value
+                    assert "demuxer that is not allowed" in info.value.message
         time.sleep(0.1)
     assert not state["opened"], "a crafted input made ffmpeg open the file it points to"
-    assert not (tmp_path / "out.mp4").exists()
+    assert not out.exists()
 
 
-def test_probe_refuses_network_and_other_protocols(tmp_path):
-    """The protocol allowlist is part of every open: a URL is never fetched."""
-    code = code_of(probe, "http://127.0.0.1:9/x.mp4")
-    assert code in (ErrorCode.SOURCE_NOT_FOUND, ErrorCode.SOURCE_UNREADABLE)
-    done = subprocess.run(
-        [
-            ffmpeg.resolve_ffmpeg(),
-            "-hide_banner",
-            "-protocol_whitelist",
-            PROTOCOL_WHITELIST,
-            "-i",
-            "http://127.0.0.1:9/x.mp4",
-            "-f",
-            "null",
-            "-",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=10,
-    )
-    assert done.returncode != 0 and "not on whitelist" in done.stderr
+def test_probe_refuses_network_and_other_protocols(media, tmp_path, monkeypatch):
+    """The protocol allowlist is part of every open, the probe's and ffmpeg's: a URL is never fetched."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        listener.setblocking(False)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/x.mp4"
+        code = code_of(probe, url)
+        assert code in (ErrorCode.SOURCE_NOT_FOUND, ErrorCode.SOURCE_UNREADABLE)
+        _fooled_probe(monkeypatch, media["noaudio"])
+        with pytest.raises(RenderError) as info:
+            render(url, None, OutputSpec("mp4"), tmp_path / "o.mp4", settings=CPU, deadline=time.monotonic() + 10)
+        assert info.value.code is ErrorCode.SOURCE_UNREADABLE and "http location" in info.value.message
+        # A connection ffmpeg made would wait in the backlog even though nothing accepted it.
+        with pytest.raises(BlockingIOError):
+            listener.accept()
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_ffmpeg_input_options_are_the_allowlists(media):
+    """What ffmpeg is told about the input, read from the argv the worker runs.
+
+    The behaviour of each option is tested above and in test_decode_limits.py;
+    this pins the values where a behavioural test cannot reach: protocols and
+    demuxers a crafted file might ask for that have no fixture here, and the
+    decoder thread count that bounds the memory of refused huge frames.
+    """
+    plan = plan_render(media["cfr30"], None, OutputSpec("mp4"))
+    args = command_for(plan, load_preset("mp4"), "g.txt", "o.mp4")
+    before = args[: args.index("-i")]
+    opts = {before[i][1:]: before[i + 1] for i in range(len(before) - 1) if before[i].startswith("-")}
+    assert opts["protocol_whitelist"] == "file"
+    demuxers = set(opts["format_whitelist"].split(","))
+    assert {"mov", "mp4", "matroska", "webm", "mp3", "wav"} <= demuxers
+    assert not demuxers & {"hls", "applehttp", "concat", "dash", "image2", "tee", "lavfi", "subfile", "ffmetadata",
+                           "mpegts", "rtsp", "sdp", "rtp", "data", "srt", "ass"}  # fmt: skip
+    decoders = set(opts["codec_whitelist"].split(","))
+    assert not decoders & {"ffv1", "png", "gif", "rawvideo", "bmp", "tiff", "subrip", "ass", "mpeg2video", "theora"}
+    # Every decoder the fixtures really use (what the probe saw open them) is allowed.
+    for name in ("cfr30", "mono44k", "surround51", "audio_mp3", "audio_wav"):
+        info = probe(media[name])
+        used = {s.codec for s in (info.video, info.audio) if s is not None}
+        assert used <= decoders, (name, used)
+    assert int(opts["max_pixels"]) == Settings().max_source_pixels
+    assert opts["f"] == "mov"
+    # Frame-threaded decoders allocate per-thread tables sized by a stream's declared
+    # dimensions before a frame is refused (~80 MB per thread at 16000x16000).
+    assert 1 <= int(opts["threads"]) <= 4
+    assert 0 < int(opts["probesize"]) <= 50_000_000 and 0 < int(opts["analyzeduration"]) <= 60_000_000
 
 
 def test_truncated_source_with_index_in_front_is_not_a_short_success(media, tmp_path):

@@ -132,6 +132,55 @@ def test_compose_stop_grace_outlasts_shutdown_timeout(compose: dict[str, Any]) -
         assert float(grace[:-1]) >= timeout + GRACE_MARGIN_S, name
 
 
+# Room on top of a source and its output: /tmp, container logs.
+EPHEMERAL_MARGIN_BYTES = 2 * 1024**3
+_QUANTITY = re.compile(r"^(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?$")
+_UNITS = {None: 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def _bytes(quantity: object) -> int:
+    """A Kubernetes storage quantity ("48Gi", "500M", 1024) in bytes."""
+    m = _QUANTITY.match(str(quantity))
+    assert m, f"not a storage quantity: {quantity!r}"
+    return int(float(m.group(1)) * _UNITS[m.group(2)])
+
+
+def test_quantities_parse() -> None:
+    assert _bytes("4Gi") == 4 * 1024**3 and _bytes("500M") == 500_000_000 and _bytes(1024) == 1024
+
+
+def test_pods_have_ephemeral_storage_for_the_largest_source_and_output(
+    k8s: list[dict[str, Any]], config: dict[str, str]
+) -> None:
+    """A render holds its source and its output in RENDER_WORK_DIR at once; the pod must have room for both.
+
+    The largest source is RENDER_MAX_SOURCE_BYTES as that deployment is configured
+    (the code's default where the manifests don't set it); an output is never
+    larger than its source plus a margin (its bitrate is capped to the source's).
+    """
+    for dep in _deployments(k8s):
+        name = dep["metadata"]["name"]
+        env = _effective_env(dep, config)
+        settings = Settings.from_env(env)
+        need = 2 * settings.max_source_bytes + EPHEMERAL_MARGIN_BYTES
+        resources = _container(dep)["resources"]
+        limit = _bytes(resources["limits"]["ephemeral-storage"])
+        assert limit >= need, (
+            f"{name}: ephemeral-storage {limit} < {need} for sources up to {settings.max_source_bytes}"
+        )
+        # Scheduled only where the space is: a node that runs out evicts renders mid-job.
+        assert _bytes(resources["requests"]["ephemeral-storage"]) >= need, name
+        volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+        mounts = {m["mountPath"]: m["name"] for m in _container(dep)["volumeMounts"]}
+        work = volumes[mounts[env["RENDER_WORK_DIR"]]]["emptyDir"]
+        assert work.get("medium") != "Memory", name
+        assert _bytes(work["sizeLimit"]) >= 2 * settings.max_source_bytes, name
+        # Every disk-backed emptyDir counts against the container's limit: they must fit in it together.
+        on_disk = sum(_bytes(v["emptyDir"]["sizeLimit"]) for v in volumes.values()
+                      if "emptyDir" in v and v["emptyDir"].get("medium") != "Memory")  # fmt: skip
+        assert on_disk <= limit, name
+
+
 def test_deployments_probe_the_metrics_port(k8s: list[dict[str, Any]], config: dict[str, str]) -> None:
     configmap = _one(k8s, "ConfigMap")["metadata"]["name"]
     secret = _one(k8s, "Secret")["metadata"]["name"]

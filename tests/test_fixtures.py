@@ -53,6 +53,8 @@ def test_every_variant_is_generated_with_its_documented_name(media):
         "twoaudio": "twoaudio.mp4", "audio_mp3": "audio_mp3.mp3", "audio_wav": "audio_wav.wav",
         "tone_wav": "tone_wav.wav", "corrupt": "corrupt.mp4", "truncated": "truncated.mp4", "zero": "zero.mp4",
         "playlist": "playlist.mp4", "concat_script": "concat.mp4", "secret": "secret.ts",
+        "grow_frames": "grow_frames.mkv", "many_channels": "many_channels.wav", "absurd_rate": "absurd_rate.wav",
+        "tiny_bitrate": "tiny_bitrate.mp4",
     }  # fmt: skip
     assert {n: p.name for n, p in media.items()} == expected
 
@@ -365,3 +367,44 @@ def test_playlist_and_concat_point_at_the_secret(media, tmp_path):
         assert mc.read_barcode(mc.luma(next(c.decode(video=0)))) == 0
     with av.open(str(media["concat_script"]), format="concat", options={"safe": "0"}) as c:
         assert mc.read_barcode(mc.luma(next(c.decode(video=0)))) == 0
+
+
+def test_grow_frames_grows_mid_stream(media):
+    """16x16 in the header and the first frames; a later keyframe switches to the big size.
+
+    Decoded with a pixel limit (one thread), so the big frames are refused and
+    never allocated: the decoder's size after the refusal shows what they were.
+    """
+    v = gen.VARIANTS["grow_frames"]
+    big = v.extra["big_size"]
+    with av.open(str(media["grow_frames"])) as c:
+        s = c.streams.video[0]
+        assert (s.codec_context.width, s.codec_context.height) == (v.width, v.height)
+        s.codec_context.options = {"max_pixels": str(big[0] * big[1] - 1)}
+        s.codec_context.thread_count = 1
+        small = 0
+        with pytest.raises(av.error.FFmpegError):
+            for packet in c.demux(s):
+                for frame in packet.decode():
+                    assert (frame.width, frame.height) == (v.width, v.height)
+                    small += 1
+        assert small == v.extra["small_frames"]
+        assert (s.codec_context.width, s.codec_context.height) == big
+    assert media["grow_frames"].stat().st_size < 2_000_000  # crafted uploads are small
+
+
+def test_audio_fixtures_declare_what_they_claim(media):
+    with av.open(str(media["many_channels"])) as c:
+        a = c.streams.audio[0]
+        assert a.codec_context.channels == 64 and a.sample_rate == 8000
+    with av.open(str(media["absurd_rate"])) as c:
+        assert c.streams.audio[0].sample_rate == 2**31 - 1
+    assert media["absurd_rate"].stat().st_size == 44 + 48000 * 2 * 2
+
+
+def test_tiny_bitrate_is_tiny(media):
+    v = gen.VARIANTS["tiny_bitrate"]
+    with av.open(str(media["tiny_bitrate"])) as c:
+        video, audio = c.streams.video[0], c.streams.audio[0]
+        assert video.frames == v.frames and float(video.average_rate) == 1.0
+        assert video.bit_rate < 1000 and audio.bit_rate < 16_000

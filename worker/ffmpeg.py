@@ -7,6 +7,12 @@
 * The wait is a poll loop, not a blocking ``wait()``, so a cancel event or a
   deadline kills ffmpeg within a fraction of a second.
 * stderr is kept as a bounded tail for the error message.
+* stderr is also read for the source's faults (:data:`SOURCE_FAULTS`): a frame
+  over the pixel limit, a decoder, demuxer or protocol off the allowlists. Those
+  are the tenant's input, not the encoder, so they fail with a ``source_*``
+  code, and ffmpeg is stopped at the first one. A decoder's refusal of a frame
+  is not fatal to ffmpeg (it logs, drops the frame and exits 0), so without
+  this a source with one huge frame in the middle would render, short.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import collections
 import functools
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -22,11 +29,58 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
-from worker.errors import Cancelled, EncodeError, RenderError, RenderTimeout
+from worker.errors import Cancelled, EncodeError, ErrorCode, RenderError, RenderTimeout, SourceError
 
 ProgressFn = Callable[[float], None]
 POLL_S = 0.05
 STDERR_TAIL_LINES = 40
+
+# ffmpeg's messages for faults of the input, and what they mean for the render.
+# Names are captured only as short word-like runs, so a message never quotes
+# more than a few bytes a tenant chose.
+SOURCE_FAULTS: tuple[tuple[re.Pattern[str], ErrorCode, str], ...] = (
+    (
+        # libavutil/imgutils.c, from the decoder's max_pixels (RENDER_MAX_SOURCE_PIXELS)
+        re.compile(r"Picture size (?P<w>\d{1,9})x(?P<h>\d{1,9}) exceeds specified max pixel count (?P<n>\d{1,19})"),
+        ErrorCode.SOURCE_TOO_LARGE,
+        "a frame of the source is {w}x{h}, over the limit of {n} pixels",
+    ),
+    (
+        # The same check, for positive sizes too large for any buffer (past INT_MAX / 8 pixels).
+        re.compile(r"Picture size (?P<w>[1-9]\d{0,8})x(?P<h>[1-9]\d{0,8}) is invalid"),
+        ErrorCode.SOURCE_TOO_LARGE,
+        "a frame of the source is {w}x{h}, too large to decode",
+    ),
+    (
+        re.compile(r"Codec \((?P<name>[\w-]{1,32})\) not on whitelist"),
+        ErrorCode.SOURCE_UNREADABLE,
+        "the source needs the {name} decoder, which is not allowed",
+    ),
+    (
+        re.compile(r"Format (?P<name>[\w,-]{1,64}) not on whitelist"),
+        ErrorCode.SOURCE_UNREADABLE,
+        "the source needs the {name} demuxer, which is not allowed",
+    ),
+    (
+        re.compile(r"Format not on whitelist"),  # the wording when the demuxer was forced with -f
+        ErrorCode.SOURCE_UNREADABLE,
+        "the source needs a demuxer that is not allowed",
+    ),
+    (
+        re.compile(r"Protocol '(?P<name>[\w+.-]{1,32})' not on whitelist"),
+        ErrorCode.SOURCE_UNREADABLE,
+        "the source refers to a {name} location, which is not allowed",
+    ),
+)
+
+
+def source_fault(line: str) -> SourceError | None:
+    """The :class:`SourceError` an ffmpeg stderr line reports, if it reports one."""
+    for pattern, code, template in SOURCE_FAULTS:
+        m = pattern.search(line)
+        if m is not None:
+            return SourceError(template.format(**m.groupdict()), code=code)
+    return None
 
 
 @functools.cache
@@ -73,11 +127,15 @@ def _pump_progress(stream: IO[bytes], total_s: float, on_progress: ProgressFn | 
             on_progress(1.0)
 
 
-def _pump_tail(stream: IO[bytes], tail: collections.deque[str], first: list[str]) -> None:
+def _pump_tail(stream: IO[bytes], tail: collections.deque[str], first: list[str], faults: list[SourceError]) -> None:
     for raw in stream:
         line = raw.decode("utf-8", "replace").rstrip()
         if line and not first:
             first.append(line)  # ffmpeg names the cause first; later lines are it unwinding
+        if not faults:
+            fault = source_fault(line)
+            if fault is not None:
+                faults.append(fault)
         tail.append(line)
 
 
@@ -96,6 +154,7 @@ def run(
     argv = [resolve_ffmpeg(ffmpeg), *args]
     tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
     first: list[str] = []
+    faults: list[SourceError] = []
     try:
         proc = subprocess.Popen(
             argv,
@@ -111,7 +170,7 @@ def run(
     assert proc.stdout is not None and proc.stderr is not None
     readers = [
         threading.Thread(target=_pump_progress, args=(proc.stdout, expected_duration_s, on_progress), daemon=True),
-        threading.Thread(target=_pump_tail, args=(proc.stderr, tail, first), daemon=True),
+        threading.Thread(target=_pump_tail, args=(proc.stderr, tail, first, faults), daemon=True),
     ]
     for t in readers:
         t.start()
@@ -122,6 +181,8 @@ def run(
                 stop = Cancelled("the render was cancelled")
             elif deadline is not None and time.monotonic() > deadline:
                 stop = RenderTimeout("the render ran past its time limit")
+            elif faults:
+                stop = faults[0]  # the source's fault: no use encoding the rest
             if stop is not None:
                 proc.kill()
                 proc.wait()
@@ -133,7 +194,10 @@ def run(
             proc.wait()
         for t in readers:
             t.join(timeout=2)
+    if stop is None and faults:
+        stop = faults[0]  # seen as ffmpeg exited, possibly with status 0
     if stop is not None:
+        stop.detail = stop.detail or "\n".join(tail) or None
         raise stop
     if proc.returncode != 0:
         detail = "\n".join(tail)

@@ -39,12 +39,31 @@ from worker.errors import ErrorCode, SourceError
 from worker.output import OutputSpec
 from worker.plan import Timeline
 from worker.presets import Preset, Tiers, load_tiers
-from worker.probe import FORMAT_WHITELIST, PROTOCOL_WHITELIST, SourceInfo
+from worker.probe import SourceInfo, input_options
 
 # Sample rate for a silent track added to a video output whose source has no audio.
 SILENT_RATE = 48000
 # Silence allowed past the end of the source's audio, beyond what the probe says is missing.
 PAD_MARGIN_S = 0.1
+# Bitrate floors. A source may declare (or really have) a tiny bitrate: a still
+# picture over an hour of podcast audio measures a few hundred bits per second.
+# "Capped to the source's bitrate" must not turn that into ``-b:v 72``, which
+# x264 rejects ("bitrate not specified"): that is the source's oddity, and it
+# would fail as encode_failed. So the video target never goes below 200 kbps
+# per 1280x720 worth of output pixels (450 kbps at 1080p): below what any real
+# recording uses, so only absurd rates are lifted, and enough for a still or
+# near-still picture to come out clean. Audio never goes below 32 kbps. A floor
+# never raises a target above the tier default or the user's explicit choice.
+MIN_VIDEO_BPS = 200_000
+MIN_VIDEO_BPS_PIXELS = 1280 * 720
+MIN_AUDIO_BPS = 32_000
+# Decoder threads. Frame-threaded decoders (h264, hevc, vp9) keep one context
+# per thread, with tables sized by the stream's *declared* dimensions. They are
+# allocated before the pixel limit refuses a frame, so a crafted 16000x16000
+# frame costs ~80 MB per thread even when refused: with ffmpeg's automatic
+# count (up to 16) that alone is 1.3 GB. Four threads keep decoding faster than
+# the encoder for the 4K sources the limit allows, and that cost under 400 MB.
+DECODE_THREADS = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +130,8 @@ def decide(info: SourceInfo, spec: OutputSpec, preset: Preset, tiers: Tiers | No
         wanted = spec.video_bitrate * 1_000_000 if spec.video_bitrate else tiers.auto_video_bps(min(width, height))
         src_bps = _source_video_bps(info)
         video_bps = min(wanted, src_bps) if src_bps else wanted
+        floor = max(MIN_VIDEO_BPS, MIN_VIDEO_BPS * width * height // MIN_VIDEO_BPS_PIXELS)
+        video_bps = max(video_bps, min(floor, wanted))
 
     if info.audio is not None:
         src_rate, src_channels = info.audio.sample_rate, info.audio.channels
@@ -125,6 +146,7 @@ def decide(info: SourceInfo, spec: OutputSpec, preset: Preset, tiers: Tiers | No
         downmix = "stereo" if channels == 2 else "mono"
     wanted_a = (spec.audio_bitrate or tiers.audio_auto_kbps) * 1000
     audio_bps = min(wanted_a, src_abps) if src_abps else wanted_a
+    audio_bps = max(audio_bps, min(MIN_AUDIO_BPS, wanted_a))
     return EncodeSettings(
         width=width,
         height=height,
@@ -282,15 +304,25 @@ def ffmpeg_args(
     graph_file: str,
     output_file: str,
     *,
+    max_pixels: int,
     tiers: Tiers | None = None,
     extra_input_args: Sequence[str] = (),
 ) -> list[str]:
-    """The ffmpeg arguments (without the binary) that run ``graph_file``."""
+    """The ffmpeg arguments (without the binary) that run ``graph_file``.
+
+    ``max_pixels`` is the pixel limit (RENDER_MAX_SOURCE_PIXELS): every decoded
+    frame is held to it by the decoder itself, not only the probe's first frame.
+    """
     tiers = tiers or load_tiers()
     args = ["-hide_banner", "-nostdin", "-y", "-loglevel", "error", "-nostats", "-progress", "pipe:1"]
-    # Input hardening: only local files, only allowed demuxers, and the demuxer
-    # that the probe identified (so content sniffing cannot pick another one).
-    args += ["-protocol_whitelist", PROTOCOL_WHITELIST, "-format_whitelist", FORMAT_WHITELIST, "-f", info.demuxer]
+    # Input hardening, the same options the probe opened the source with: only
+    # local files, only allowed demuxers and decoders, bounded probing, and no
+    # frame over the pixel limit (the decoder refuses it; worker/ffmpeg.py turns
+    # that refusal into source_too_large). Then the demuxer the probe identified,
+    # so content sniffing cannot pick another one.
+    for name, value in input_options(max_pixels).items():
+        args += [f"-{name}", value]
+    args += ["-threads", str(DECODE_THREADS), "-f", info.demuxer]
     if not preset.has_video:
         args += ["-vn"]  # audio-only outputs never decode video
     args += ["-sn", "-dn", *extra_input_args, "-i", info.path]

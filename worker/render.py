@@ -69,6 +69,8 @@ class Plan:
     spec: OutputSpec
     timeline: Timeline
     encode: EncodeSettings
+    # The limits the source was checked against; ffmpeg holds every frame to them too.
+    limits: Limits = dataclasses.field(default_factory=Limits)
 
     def graph(self, preset: Preset) -> str:
         return build_graph(self.info, self.timeline, preset, self.encode)
@@ -115,8 +117,9 @@ def plan_render(
     limits: Limits | None = None,
     info: SourceInfo | None = None,
 ) -> Plan:
-    info = info or probe(source)
-    (limits or Limits()).check(info)
+    limits = limits or Limits()
+    info = info or probe(source, max_pixels=limits.max_source_pixels)
+    limits.check(info)
     preset = load_preset(spec.format, "cpu")
     enc = decide(info, spec, preset)
     rate, first, end = grid_of(info)
@@ -124,7 +127,7 @@ def plan_render(
         segments = clamp_to_source(segments, float(end / rate))
     sample_rate = info.audio.sample_rate if info.audio is not None else None
     timeline = build_timeline(segments, rate=rate, first_unit=first, end_unit=end, sample_rate=sample_rate)
-    return Plan(info=info, spec=spec, timeline=timeline, encode=enc)
+    return Plan(info=info, spec=spec, timeline=timeline, encode=enc, limits=limits)
 
 
 def verify_output(path: Path, plan: Plan, has_video: bool) -> None:
@@ -161,7 +164,9 @@ def verify_output(path: Path, plan: Plan, has_video: bool) -> None:
 
 
 def command_for(plan: Plan, preset: Preset, graph_file: str, output_file: str) -> list[str]:
-    return ffmpeg_args(plan.info, preset, plan.encode, graph_file, output_file)
+    return ffmpeg_args(
+        plan.info, preset, plan.encode, graph_file, output_file, max_pixels=plan.limits.max_source_pixels
+    )
 
 
 def render(
