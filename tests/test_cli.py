@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+import tracemalloc
 from pathlib import Path
 
 import mediacheck as mc
+import pytest
 from click.testing import CliRunner
 
-from worker.cli import main
+from worker.cli import load_plan, main
+from worker.errors import InvalidJob
+from worker.plan import plan_byte_limit
 
 
 def write_plan(tmp_path: Path, segments: list[dict]) -> Path:
@@ -98,3 +103,58 @@ def test_render_cli_subprocess(media, tmp_path):
         timeout=60,
     )
     assert bad.returncode == 3 and "source_unreadable" in bad.stderr
+
+
+def test_a_deeply_nested_plan_is_refused_cleanly(tmp_path):
+    plan = tmp_path / "deep.json"
+    plan.write_text("[" * 200_000 + "]" * 200_000)
+    r = CliRunner().invoke(main, ["graph", str(tmp_path / "any.mp4"), "--cut", str(plan), "--format", "mp4"])
+    assert r.exit_code == 2 and "[invalid_job]" in r.stderr and "nested more than" in r.stderr
+    assert isinstance(r.exception, SystemExit)  # a refusal, not a RecursionError traceback
+
+
+def test_an_oversized_plan_is_refused_without_being_loaded(tmp_path):
+    # 80 MB on paper (a sparse file): reading it whole would allocate 80 MB and parse it.
+    plan = tmp_path / "huge.json"
+    with plan.open("wb") as f:
+        f.write(b'{"segments": [')
+        f.truncate(80 * 1024 * 1024)
+    tracemalloc.start()
+    try:
+        with pytest.raises(InvalidJob) as info:
+            load_plan(plan, max_segments=10_000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert "larger than" in info.value.message
+    assert peak < 3 * plan_byte_limit(10_000), f"peak {peak} bytes: the plan was loaded"
+    r = CliRunner().invoke(main, ["graph", str(tmp_path / "any.mp4"), "--cut", str(plan), "--format", "mp4"])
+    assert r.exit_code == 2 and "larger than" in r.stderr
+
+
+def test_a_plan_at_the_segment_limit_still_fits(tmp_path):
+    segments = [{"start": i + 0.123456789012345, "end": i + 0.5234567890123456} for i in range(10_000)]
+    plan = tmp_path / "full.json"
+    plan.write_text(json.dumps({"segments": segments}, indent=4))
+    loaded = load_plan(plan, max_segments=10_000)
+    assert loaded is not None and len(loaded) == 10_000
+
+
+def test_enqueue_applies_the_workers_intake_before_touching_redis(tmp_path):
+    exe = shutil.which("render-cli", path=str(Path(sys.executable).parent))
+    assert exe
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RENDER_")}
+    # Nothing listens on port 1: reaching Redis would fail differently (exit 1, "cannot reach Redis").
+    env.update({"RENDER_REDIS_URL": "redis://127.0.0.1:1/0", "RENDER_SOURCE_BUCKETS": "uploads"})
+    cases = [
+        (["s3://media/a.mp4"], "bucket 'media' is not one"),
+        (["s3://uploads/../media/a.mp4"], "'..' path segments"),
+        (["s3://uploads/a.mp4", "--asset-id", "ast_1\n"], "asset_id must be an id"),
+        (["s3://uploads/a.mp4", "--webhook-url", "http://127.0.0.1:9/h", "--webhook-secret", "whsec_x"], "webhook"),
+    ]
+    for args, needle in cases:
+        done = subprocess.run(
+            [exe, "enqueue", *args, "--format", "mp4"], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 2 and "[invalid_job]" in done.stderr and needle in done.stderr, done.stderr
+        assert done.stdout == ""

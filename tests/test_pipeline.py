@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from worker.pipeline import (
     process,
 )
 from worker.records import MemoryRecordStore
+from worker.render import render
 from worker.settings import Settings
 from worker.storage import MemoryStorage
 
@@ -63,7 +65,8 @@ def deps(media: dict[str, Path]) -> Deps:
     storage = MemoryStorage(output_bucket="out", attempts=1, base_delay_s=0.0, max_delay_s=0.0)
     storage.seed(SOURCE, media["audio_wav"].read_bytes())
     return Deps(
-        settings=Settings(progress_interval_s=0.05, lease_ttl_s=30),
+        # HOOK is a loopback URL: allowed here explicitly, as on-premise deployments may.
+        settings=Settings(progress_interval_s=0.05, lease_ttl_s=30, webhook_allow_private=True),
         records=MemoryRecordStore(),
         storage=storage,
         send_event=Recorder(),
@@ -126,6 +129,49 @@ def test_invalid_job_with_a_bad_webhook_still_fails_the_record(deps: Deps) -> No
     rec = deps.records.get("rnd_1")
     assert rec is not None and rec["error_code"] == "invalid_job" and "webhook.url" in rec["error_message"]
     assert [(e.event_type, e.webhook) for e in sent(deps)] == [(FAILED, None)]  # nowhere to deliver it
+
+
+def test_a_webhook_with_an_extra_key_fails_the_record_and_is_still_told(deps: Deps) -> None:
+    # The url and secret pass every check on their own, so the tenant hears about the failure;
+    # the extra key's value (a secret) appears nowhere.
+    msg = job(webhook={**HOOK, "signing_key": SECRET}, output={"format": "m4a", "resolution": {}, "x": SECRET})
+    assert process(msg, deps, last_attempt=False) is Outcome.FAILED
+    rec = deps.records.get("rnd_1")
+    assert rec is not None and rec["error_code"] == "invalid_job"
+    assert rec["output"] == {"format": "m4a"}  # salvaged: only what passes its own check
+    assert [(e.event_type, e.webhook) for e in sent(deps)] == [(FAILED, Webhook(HOOK["url"], HOOK["secret"]))]
+    stored = repr(deps.records.get_raw("rnd_1")) + repr(sent(deps)[0].extra)
+    assert SECRET[6:20] not in stored
+
+
+def test_salvaged_fields_are_only_valid_ones(deps: Deps) -> None:
+    msg = job(asset_id="ast_1\n", cut_id="x" * 10_000, source={"uri": "s3:"}, output={"format": "webm"})
+    assert process(msg, deps, last_attempt=False) is Outcome.FAILED
+    rec = deps.records.get("rnd_1")
+    assert rec is not None and rec["state"] == "failed"
+    assert rec.get("asset_id") is None and rec.get("cut_id") is None and rec.get("output") is None
+    assert [(e.event_type, e.asset_id) for e in sent(deps)] == [(FAILED, "")]
+
+
+def test_sources_outside_the_allowed_buckets_are_invalid_jobs(deps: Deps) -> None:
+    deps.settings = deps.settings.replace(source_buckets="uploads, archive")
+    assert process(job(), deps, last_attempt=False) is Outcome.FAILED
+    rec = deps.records.get("rnd_1")
+    assert rec is not None and rec["error_code"] == "invalid_job" and "bucket 'media'" in rec["error_message"]
+    assert isinstance(deps.storage, MemoryStorage) and deps.storage.calls["size"] == deps.storage.calls["fetch"] == 0
+
+
+def test_stored_error_messages_are_capped_and_redacted(deps: Deps) -> None:
+    # A message from code that forgot to use excerpt(): the record and the event still get a bounded, secret-free one.
+    def leaky(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("x" * 5000 + " " + SECRET)
+
+    deps.renderer = leaky
+    assert process(job(), deps, last_attempt=False) is Outcome.FAILED
+    rec = deps.records.get("rnd_1")
+    assert rec is not None and rec["error_code"] == "internal_error"
+    assert len(rec["error_message"]) <= 300 and SECRET[6:] not in rec["error_message"]
+    assert sent(deps)[0].extra["error_message"] == rec["error_message"]
 
 
 @pytest.mark.parametrize(
@@ -235,7 +281,13 @@ def test_cancel_releases_the_lease_and_raises_even_on_the_last_attempt(deps: Dep
 
 
 def test_time_limit_fails_with_timeout_and_leaves_no_output(deps: Deps, tmp_path: Path) -> None:
-    deps.settings = deps.settings.replace(time_limit_s=0.0, work_dir=str(tmp_path))
+    # RENDER_TIME_LIMIT_S is at least 1 s (settings refuse less), so the real
+    # renderer is handed a deadline that has already passed instead.
+    def out_of_time(*args: Any, **kwargs: Any) -> Any:
+        return render(*args, **{**kwargs, "deadline": time.monotonic()})
+
+    deps.renderer = out_of_time
+    deps.settings = deps.settings.replace(work_dir=str(tmp_path))
     assert process(job(), deps, last_attempt=False) is Outcome.FAILED
     rec = deps.records.get("rnd_1")
     assert rec is not None and rec["error_code"] == "timeout"

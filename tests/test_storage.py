@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from worker.errors import ErrorCode, InvalidJob, SourceError, StorageError
+from worker.errors import ConfigError, ErrorCode, InvalidJob, SourceError, StorageError
 from worker.settings import Settings
 from worker.storage import MemoryStorage, S3Storage, Storage, output_key, parse_uri, safe_filename, with_retries
 from worker.storage.s3 import build_client
@@ -45,6 +45,7 @@ class Backend:
     source_bucket: str
     seed: Callable[[str, bytes], str]  # key, data -> source URI
     read_output: Callable[[str], tuple[bytes, str]]  # key -> (data, content type)
+    seed_elsewhere: Callable[[str, bytes], str]  # key, data -> URI of a source in another bucket
     sent: list[Any] = field(default_factory=list)  # HTTP requests the storage sent (S3 only)
 
     def requests(self) -> int:
@@ -54,9 +55,12 @@ class Backend:
         return len(self.sent)
 
 
-def s3_backend(server: S3Server, **settings: Any) -> Backend:
+def s3_backend(server: S3Server, *, fenced: bool = False, **settings: Any) -> Backend:
+    """S3Storage on ``server``; ``fenced`` sets RENDER_SOURCE_BUCKETS to its own source bucket (and a decoy)."""
     client = server.client()
-    source_bucket, out_bucket = server.create_bucket(), server.create_bucket()
+    source_bucket, out_bucket, other_bucket = server.create_bucket(), server.create_bucket(), server.create_bucket()
+    if fenced:
+        settings["source_buckets"] = f"{source_bucket}, t-some-other-allowed"
     cfg = server.settings(
         output_bucket=out_bucket,
         multipart_threshold_bytes=PART,
@@ -65,11 +69,21 @@ def s3_backend(server: S3Server, **settings: Any) -> Backend:
     )
     storage = S3Storage(cfg, session=server.session(), botocore_attempts=1, **FAST_RETRIES)
 
-    def seed(key: str, data: bytes) -> str:
-        client.put_object(Bucket=source_bucket, Key=key, Body=data)
-        return f"s3://{source_bucket}/{key}"
+    def seeder(bucket: str) -> Callable[[str, bytes], str]:
+        def seed(key: str, data: bytes) -> str:
+            client.put_object(Bucket=bucket, Key=key, Body=data)
+            return f"s3://{bucket}/{key}"
 
-    backend = Backend(server.backend, storage, source_bucket, seed, lambda key: _read(client, out_bucket, key))
+        return seed
+
+    backend = Backend(
+        server.backend,
+        storage,
+        source_bucket,
+        seeder(source_bucket),
+        lambda key: _read(client, out_bucket, key),
+        seeder(other_bucket),
+    )
     storage.client.meta.events.register("before-send.s3", lambda request, **_: backend.sent.append(request))
     return backend
 
@@ -79,29 +93,43 @@ def _read(client: Any, bucket: str, key: str) -> tuple[bytes, str]:
     return obj["Body"].read(), obj["ContentType"]
 
 
-def memory_backend() -> Backend:
-    storage = MemoryStorage(output_bucket="out", **FAST_RETRIES)
+def memory_backend(*, fenced: bool = False) -> Backend:
+    settings = Settings(source_buckets="src, some-other-allowed" if fenced else "")
+    storage = MemoryStorage(settings, output_bucket="out", **FAST_RETRIES)
 
-    def seed(key: str, data: bytes) -> str:
-        storage.seed(f"s3://src/{key}", data)
-        return f"s3://src/{key}"
+    def seeder(bucket: str) -> Callable[[str, bytes], str]:
+        def seed(key: str, data: bytes) -> str:
+            storage.seed(f"s3://{bucket}/{key}", data)
+            return f"s3://{bucket}/{key}"
+
+        return seed
 
     def read_output(key: str) -> tuple[bytes, str]:
         obj = storage.get(key)
         return obj.data, obj.content_type
 
-    return Backend("memory", storage, "src", seed, read_output)
+    return Backend("memory", storage, "src", seeder("src"), read_output, seeder("elsewhere"))
 
 
 SERVICES = [pytest.param(name, marks=pytest.mark.services) for name in ("s3rver", "moto")]
 
 
+def _backend(request: pytest.FixtureRequest, *, fenced: bool) -> Backend:
+    if request.param == "memory":
+        return memory_backend(fenced=fenced)
+    server: S3Server = request.getfixturevalue("s3_server" if request.param == "s3rver" else "moto_server")
+    return s3_backend(server, fenced=fenced)
+
+
 @pytest.fixture(params=["memory", *SERVICES])
 def backend(request: pytest.FixtureRequest) -> Backend:
-    if request.param == "memory":
-        return memory_backend()
-    server: S3Server = request.getfixturevalue("s3_server" if request.param == "s3rver" else "moto_server")
-    return s3_backend(server)
+    return _backend(request, fenced=False)
+
+
+@pytest.fixture(params=["memory", *SERVICES])
+def fenced(request: pytest.FixtureRequest) -> Backend:
+    """A backend whose storage was built from settings with RENDER_SOURCE_BUCKETS naming its source bucket."""
+    return _backend(request, fenced=True)
 
 
 def random_file(path: Path, size: int) -> str:
@@ -136,6 +164,49 @@ def test_parse_uri() -> None:
     for bad in ("", "media/x.mp4", "http://host/x.mp4", "s3://bucket", "s3:///key", "s3://us@er/key", "file://host/x"):
         with pytest.raises(InvalidJob):
             parse_uri(bad)
+
+
+@pytest.mark.parametrize(
+    ("uri", "needle"),
+    [
+        ("s3://media/../renders/rnd_1/rnd_1.mp4", "'..' path segments"),
+        ("s3://media/assets/../../other/x.mp4", "'..' path segments"),
+        ("s3://media/./x.mp4", "'..' path segments"),
+        ("s3://media/assets//x.mp4", "empty"),
+        ("s3://media//x.mp4", "empty"),
+        ("s3://media/assets/", "empty"),
+        ("s3://media/a\nb.mp4", "control characters"),
+        ("s3://media/a\x00.mp4", "control characters"),
+        ("s3://media/a\x7f.mp4", "control characters"),
+        ("s3://media/\ud800.mp4", "not valid UTF-8"),
+        ("s3://media/" + "k" * 1025, "over the S3 limit of 1024"),
+        ("s3://media/" + "é" * 513, "over the S3 limit of 1024"),  # 1026 bytes in 513 characters
+        ("s3://media\n/x.mp4", "s3://bucket/key"),
+        ("s3:", "s3://bucket/key"),
+        ("s3:/media/x.mp4", "s3://bucket/key"),
+        ("s3://[/x.mp4", "s3://bucket/key"),
+        ("file://[/x", "not a valid URI"),
+        ("file:///tmp/a\x00b", "control characters"),
+    ],
+)
+def test_parse_uri_refuses_keys_a_server_could_read_another_way(uri: str, needle: str) -> None:
+    with pytest.raises(InvalidJob) as info:
+        parse_uri(uri)
+    assert needle in info.value.message
+    assert len(info.value.message) < 200  # a bounded excerpt of the URI, never all of it
+
+
+def test_parse_uri_keeps_unusual_but_safe_keys_verbatim() -> None:
+    for key in ("a..b/c.d.mp4", "...x/y", "ünï cödé/clip (1).mp4", "k" * 1024, "é" * 512):
+        src = parse_uri(f"s3://media/{key}")
+        assert (src.bucket, src.key) == ("media", key)
+
+
+def test_output_key_refuses_an_id_with_a_trailing_newline() -> None:
+    with pytest.raises(InvalidJob):
+        output_key("renders", "rnd_1\n", "mp4")
+    with pytest.raises(InvalidJob):
+        output_key("renders", "rnd_1", "mp4\n")
 
 
 def test_safe_filename_cannot_break_the_header() -> None:
@@ -184,9 +255,10 @@ def test_with_retries_does_not_retry_permanent_errors() -> None:
 
 
 def test_invalid_storage_settings_are_rejected() -> None:
-    with pytest.raises(InvalidJob, match="RENDER_S3_CHECKSUM"):
+    # Settings refuse them on construction (so at process start), before any client is built.
+    with pytest.raises(ConfigError, match="RENDER_S3_CHECKSUM"):
         build_client(Settings(s3_checksum="always"))
-    with pytest.raises(InvalidJob, match="RENDER_S3_ADDRESSING_STYLE"):
+    with pytest.raises(ConfigError, match="RENDER_S3_ADDRESSING_STYLE"):
         build_client(Settings(s3_addressing_style="sideways"))
 
 
@@ -275,6 +347,50 @@ def test_other_schemes_are_invalid_jobs(backend: Backend, tmp_path: Path) -> Non
         with pytest.raises(InvalidJob, match="source.uri"):
             backend.storage.fetch(uri, tmp_path / "x")
     assert backend.requests() == 0
+
+
+def test_sources_come_only_from_allowed_buckets(fenced: Backend, tmp_path: Path) -> None:
+    allowed = fenced.seed("assets/ast_1/a.mp4", b"allowed")
+    assert fenced.storage.size(allowed) == 7
+    assert fenced.storage.fetch(allowed, tmp_path / "a.mp4") == 7
+    # The same key in a bucket that exists and is readable with these credentials,
+    # so without the check it would be fetched.
+    other = fenced.seed_elsewhere("assets/ast_1/a.mp4", b"someone else's")
+    before = fenced.requests()
+    for call in (lambda: fenced.storage.fetch(other, tmp_path / "b.mp4"), lambda: fenced.storage.size(other)):
+        with pytest.raises(InvalidJob) as info:
+            call()
+        assert info.value.code is ErrorCode.INVALID_JOB and "bucket" in info.value.message
+        assert "some-other-allowed" not in info.value.message  # the allowlist is not told to tenants
+    assert fenced.requests() == before, "a refused bucket must not be asked for anything"
+    assert not (tmp_path / "b.mp4").exists()
+
+
+def test_without_an_allowlist_any_bucket_is_read(backend: Backend, tmp_path: Path) -> None:
+    other = backend.seed_elsewhere("assets/b.mp4", b"elsewhere")
+    assert backend.storage.fetch(other, tmp_path / "b.mp4") == 9
+
+
+@pytest.mark.services
+def test_dot_segments_never_reach_the_server(s3_server: S3Server, tmp_path: Path) -> None:
+    backend = s3_backend(s3_server)
+    other = backend.seed_elsewhere("secret.bin", b"other tenant").split("/")[2]
+    sneaky = f"../{other}/secret.bin"
+    # The hazard is real: this server normalises the path and serves the other bucket's object.
+    raw = s3_server.client().get_object(Bucket=backend.source_bucket, Key=sneaky)
+    assert raw["Body"].read() == b"other tenant"
+    uris = [
+        f"s3://{backend.source_bucket}/{sneaky}",
+        f"s3://{backend.source_bucket}/assets/../../{other}/secret.bin",
+        f"s3://{backend.source_bucket}/./{sneaky}",
+        f"s3://{backend.source_bucket}//{other}/secret.bin",
+    ]
+    for uri in uris:
+        for call in (lambda u=uri: backend.storage.fetch(u, tmp_path / "x"), lambda u=uri: backend.storage.size(u)):
+            with pytest.raises(InvalidJob, match="path segments"):
+                call()
+    assert backend.requests() == 0
+    assert not (tmp_path / "x").exists()
 
 
 def test_presign_names_the_download(backend: Backend) -> None:
@@ -408,7 +524,10 @@ def proxied(s3_server: S3Server, s3_fault_proxy: FaultProxy) -> Iterator[tuple[B
         read_timeout_s=2,
         **FAST_RETRIES,
     )
-    yield Backend("proxied", via_proxy, direct.source_bucket, direct.seed, direct.read_output), s3_fault_proxy, slept
+    proxied = Backend(
+        "proxied", via_proxy, direct.source_bucket, direct.seed, direct.read_output, direct.seed_elsewhere
+    )
+    yield proxied, s3_fault_proxy, slept
 
 
 @pytest.mark.services

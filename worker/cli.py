@@ -19,7 +19,7 @@ import click
 from worker import presets as presets_mod
 from worker.errors import ErrorCode, InvalidJob, RenderError
 from worker.output import OutputSpec
-from worker.plan import Segment, parse_segments
+from worker.plan import Segment, parse_plan, plan_byte_limit
 from worker.settings import Settings
 
 EXIT_CODES: dict[ErrorCode, int] = {
@@ -53,18 +53,21 @@ def fail(err: RenderError) -> NoReturn:
 
 
 def load_plan(path: Path | None, max_segments: int) -> list[Segment] | None:
-    """Read a cut plan file: ``{"segments": [...]}`` (or the bare list)."""
+    """Read a cut plan file: ``{"segments": [...]}`` (or the bare list).
+
+    At most one byte past the size limit is read (a plan may be a pipe or a
+    huge file), so an oversized plan is refused without being loaded; the
+    rest of the checks are :func:`worker.plan.parse_plan`'s.
+    """
     if path is None:
         return None
+    limit = plan_byte_limit(max_segments)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InvalidJob(f"cannot read cut plan {path}: {exc}") from exc
-    if isinstance(data, dict):
-        if "segments" not in data:
-            raise InvalidJob(f"cut plan {path} has no 'segments' field")
-        data = data["segments"]
-    return parse_segments(data, max_segments=max_segments)
+        with path.open("rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise InvalidJob(f"cannot read cut plan {path}: {exc.strerror or type(exc).__name__}") from exc
+    return parse_plan(data, max_segments=max_segments, source=f"cut plan {path}")
 
 
 def output_spec(fmt: str, resolution: str | None, vb: int | None, ab: int | None) -> OutputSpec:
@@ -314,7 +317,13 @@ def enqueue(
         }
         if webhook_url or webhook_secret:
             message["webhook"] = {"url": webhook_url, "secret": webhook_secret}
-        job = parse_job(message, max_segments=settings.max_segments)
+        # The worker's own intake, with the worker's settings: what is enqueued here is accepted there.
+        job = parse_job(
+            message,
+            max_segments=settings.max_segments,
+            allow_private_webhooks=settings.webhook_allow_private,
+            source_buckets=settings.source_bucket_list,
+        )
         store = RedisRecordStore.from_url(settings.redis_url, ttl_s=settings.record_ttl_s)
         store.create(
             render_id,
@@ -324,7 +333,8 @@ def enqueue(
             actors.render.send(message)
         except Exception as exc:
             # Never leave a pending record that no job will ever move.
-            store.fail(render_id, ErrorCode.INTERNAL_ERROR.value, f"the job could not be queued: {exc}", {})
+            why = f"the job could not be queued: {type(exc).__name__}: {exc}"[:300]
+            store.fail(render_id, ErrorCode.INTERNAL_ERROR.value, why, {})
             raise
     except RenderError as err:
         fail(err)

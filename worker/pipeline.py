@@ -31,9 +31,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from worker.errors import Cancelled, ErrorCode, InvalidJob, RenderError, SourceError
-from worker.jobs import Job, Webhook, parse_job, parse_webhook, render_id_of
-from worker.presets import load_preset
+from worker.errors import Cancelled, ErrorCode, InvalidJob, RenderError, SourceError, redact
+from worker.jobs import Job, Webhook, asset_id_of, is_id, parse_job, render_id_of, webhook_of
+from worker.output import OutputSpec
+from worker.presets import FORMATS, load_preset
 from worker.records import RecordStore
 from worker.render import RenderResult, render
 from worker.settings import Settings
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 
 COMPLETED = "render.completed"
 FAILED = "render.failed"
+#: Longest error_message stored in a record or sent in an event.
+MAX_ERROR_MESSAGE = 300
 
 
 class Outcome(enum.Enum):
@@ -95,16 +98,37 @@ class Deps:
 
 
 def _defaults_from_raw(raw: Any) -> dict[str, Any]:
-    """Record fields salvaged from a message that failed validation."""
+    """Record fields salvaged from a message that failed validation.
+
+    Only values that pass their own field's check are kept, so a failed record
+    holds the same bounded, typed fields as any other: no 10 MB asset id, no
+    secret in an output field, no tenant-chosen metric label.
+    """
     if not isinstance(raw, dict):
         return {}
     out: dict[str, Any] = {}
     for field in ("asset_id", "cut_id"):
-        if isinstance(raw.get(field), str):
-            out[field] = raw[field][:128]
-    if isinstance(raw.get("output"), dict):
-        out["output"] = {k: v for k, v in raw["output"].items() if isinstance(v, str | int | type(None))}
+        if is_id(raw.get(field)):
+            out[field] = raw[field]
+    output = raw.get("output")
+    if isinstance(output, dict):
+        try:
+            out["output"] = OutputSpec.from_dict(output).to_dict()
+        except InvalidJob:
+            fmt = output.get("format")
+            if isinstance(fmt, str) and fmt in FORMATS:
+                out["output"] = {"format": fmt}
     return out
+
+
+def bounded_message(message: str) -> str:
+    """An error message as stored and sent: secrets redacted, at most :data:`MAX_ERROR_MESSAGE` characters.
+
+    Every message is built with bounded excerpts already; this is the last
+    line, where it is stored, for messages from code that forgot.
+    """
+    text = redact(message)
+    return text if len(text) <= MAX_ERROR_MESSAGE else text[: MAX_ERROR_MESSAGE - 1] + "…"
 
 
 def _job_defaults(job: Job) -> dict[str, Any]:
@@ -199,9 +223,10 @@ def _terminal_event(deps: Deps, render_id: str, webhook: Webhook | None) -> None
 
 
 def _fail(deps: Deps, render_id: str, err: RenderError, defaults: dict, asset_id: str, webhook: Webhook | None) -> None:
-    if deps.records.fail(render_id, err.code.value, err.message, defaults):
+    message = bounded_message(err.message)
+    if deps.records.fail(render_id, err.code.value, message, defaults):
         deps.observer.failed(err.code.value, str(defaults.get("output", {}).get("format", "")))
-        extra = {"error_code": err.code.value, "error_message": err.message}
+        extra = {"error_code": err.code.value, "error_message": message}
         _send(deps, FAILED, render_id, asset_id, webhook, extra)
     else:
         _terminal_event(deps, render_id, webhook)
@@ -219,17 +244,21 @@ def process(
     settings = deps.settings
     token = token or uuid.uuid4().hex
     try:
-        job = parse_job(raw, max_segments=settings.max_segments)
-    except InvalidJob as err:
+        job = parse_job(
+            raw,
+            max_segments=settings.max_segments,
+            allow_private_webhooks=settings.webhook_allow_private,
+            source_buckets=settings.source_bucket_list,
+        )
+    except Exception as exc:  # noqa: BLE001 - parse_job is total; this is the last line if it is not
+        err = exc if isinstance(exc, InvalidJob) else InvalidJob(f"the job message is malformed ({type(exc).__name__})")
         render_id = render_id_of(raw)
         if render_id is None:
-            raise UnrecordableJob(f"message has no usable render_id: {err.message}") from err
-        try:
-            webhook = parse_webhook(raw.get("webhook"))
-        except InvalidJob:
-            webhook = None
-        asset = raw.get("asset_id") if isinstance(raw.get("asset_id"), str) else ""
-        _fail(deps, render_id, err, _defaults_from_raw(raw), asset, webhook)
+            raise UnrecordableJob(f"message has no usable render_id: {err.message}") from exc
+        # The record fails and render.failed goes to the webhook if its url and
+        # secret are usable, even when the message is malformed elsewhere.
+        webhook = webhook_of(raw, allow_private=settings.webhook_allow_private)
+        _fail(deps, render_id, err, _defaults_from_raw(raw), asset_id_of(raw) or "", webhook)
         return Outcome.FAILED
 
     defaults = _job_defaults(job)
@@ -253,7 +282,7 @@ def process(
     except RenderError as err:
         retry = err.transient and (not last_attempt or isinstance(err, Cancelled))
         if retry:
-            deps.records.release(job.render_id, token, {"error_message": f"retrying after: {err}"})
+            deps.records.release(job.render_id, token, {"error_message": bounded_message(f"retrying after: {err}")})
             raise
         _fail(deps, job.render_id, err, defaults, job.asset_id, job.webhook)
         return Outcome.FAILED

@@ -17,16 +17,27 @@ agree per segment to one sample and cannot drift apart either.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import re
 from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any
 
-from worker.errors import InvalidJob
+from worker.errors import InvalidJob, excerpt
 
 # An end this far past the end of the source is clamped; further is a plan for
 # some other media and is rejected.
 END_TOLERANCE_S = 1.0
+# Plans are refused before parsing past this many bytes (see plan_byte_limit)
+# or this bracket depth (a valid plan needs 3).
+PLAN_BYTES_BASE = 64 * 1024
+PLAN_BYTES_PER_SEGMENT = 256
+PLAN_MAX_DEPTH = 16
+# Integers beyond this are not exact as floats, and far beyond any media time.
+_MAX_EXACT_INT = 2**53
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKETS = re.compile(r"[][{}]")
 # Length of the audio fades at real cuts. Long enough to remove the click of a
 # waveform cut mid-cycle, short enough to be inaudible as a fade.
 FADE_S = 0.005
@@ -78,11 +89,25 @@ class Timeline:
         return float(self.total_units / self.rate)
 
 
+def _number(v: Any) -> float | None:
+    """``v`` as a finite float, or None when it is not a JSON number that fits one.
+
+    Checked in this order because ``bool`` is an ``int`` and ``float(10**400)``
+    raises ``OverflowError``: a tenant's value must give a clean refusal.
+    """
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return None
+    if isinstance(v, int):
+        return float(v) if abs(v) <= _MAX_EXACT_INT else None
+    return v if math.isfinite(v) else None
+
+
 def parse_segments(raw: Any, *, max_segments: int = 10_000) -> list[Segment] | None:
     """Validate the ``segments`` field of a job or plan file.
 
     ``None`` means the full source. Raises :class:`InvalidJob` naming the bad
-    segment and value.
+    segment and a short excerpt of its value (never the whole value), whatever
+    ``raw`` is.
     """
     if raw is None:
         return None
@@ -95,13 +120,13 @@ def parse_segments(raw: Any, *, max_segments: int = 10_000) -> list[Segment] | N
     out: list[Segment] = []
     for i, item in enumerate(raw):
         if not isinstance(item, dict) or set(item) - {"start", "end"} or not {"start", "end"} <= set(item):
-            raise InvalidJob(f"segments[{i}] must be an object with numeric start and end, got {item!r}")
+            raise InvalidJob(f"segments[{i}] must be an object with numeric start and end, got {excerpt(item)}")
         vals = []
         for key in ("start", "end"):
-            v = item[key]
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-                raise InvalidJob(f"segments[{i}].{key} must be a finite number, got {v!r}")
-            vals.append(float(v))
+            v = _number(item[key])
+            if v is None:
+                raise InvalidJob(f"segments[{i}].{key} must be a finite number, got {excerpt(item[key])}")
+            vals.append(v)
         start, end = vals
         if start < 0:
             raise InvalidJob(f"segments[{i}].start must be >= 0, got {start}")
@@ -115,6 +140,71 @@ def parse_segments(raw: Any, *, max_segments: int = 10_000) -> list[Segment] | N
             )
         out.append(Segment(start, end))
     return out
+
+
+def plan_byte_limit(max_segments: int) -> int:
+    """The largest plan document accepted for ``max_segments`` segments.
+
+    Generous per segment (pretty-printed, 17 significant digits), so any plan
+    the segment limit allows fits, while a plan too big to be valid is refused
+    before it is parsed: parsing an 80 MB document costs ~600 MB of memory.
+    """
+    return PLAN_BYTES_BASE + max_segments * PLAN_BYTES_PER_SEGMENT
+
+
+def _nesting(text: str, limit: int) -> int:
+    """Bracket depth of a JSON text, counting only brackets outside strings; stops past ``limit``.
+
+    Linear, so a deeply nested document is refused without ever reaching
+    :func:`json.loads`, whose recursion would overflow the stack.
+    """
+    depth = deepest = 0
+    for match in _BRACKETS.finditer(_JSON_STRING.sub('""', text)):
+        if match.group() in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                break
+        else:
+            depth -= 1
+    return deepest
+
+
+def parse_plan(data: bytes | str, *, max_segments: int = 10_000, source: str = "cut plan") -> list[Segment] | None:
+    """A cut plan document (``{"segments": [...]}`` or the bare list) → validated segments.
+
+    Every document, whatever its size, shape or encoding, gives segments or
+    :class:`InvalidJob`: the size is checked before decoding, the nesting
+    before parsing. ``source`` names the document in messages.
+    """
+    limit = plan_byte_limit(max_segments)
+    if len(data) > limit:
+        raise InvalidJob(f"{source} is larger than {limit} bytes, the most {max_segments} segments can need")
+    if isinstance(data, bytes):
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidJob(f"{source} is not UTF-8 text (byte {exc.start})") from exc
+    else:
+        text = data
+    if _nesting(text, PLAN_MAX_DEPTH) > PLAN_MAX_DEPTH:
+        raise InvalidJob(f"{source} is nested more than {PLAN_MAX_DEPTH} levels deep")
+    try:
+        doc = json.loads(text)
+    except RecursionError as exc:  # the scan above should make this unreachable; refuse cleanly regardless
+        raise InvalidJob(f"{source} is nested too deeply") from exc
+    except ValueError as exc:
+        # JSONDecodeError's own text is short and quotes no input; other ValueErrors
+        # (an int of 5,000 digits) are described only by their kind.
+        why = "bad value"
+        if isinstance(exc, json.JSONDecodeError):
+            why = f"{exc.msg} at line {exc.lineno} column {exc.colno}"
+        raise InvalidJob(f"{source} is not valid JSON: {why}") from exc
+    if isinstance(doc, dict):
+        if "segments" not in doc:
+            raise InvalidJob(f"{source} has no 'segments' field")
+        doc = doc["segments"]
+    return parse_segments(doc, max_segments=max_segments)
 
 
 def clamp_to_source(segments: Sequence[Segment], duration: float) -> list[Segment]:

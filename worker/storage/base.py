@@ -30,11 +30,11 @@ import shutil
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from worker.errors import ErrorCode, InvalidJob, RenderError, SourceError, StorageError
+from worker.errors import ErrorCode, InvalidJob, RenderError, SourceError, StorageError, excerpt
 from worker.settings import URL_EXPIRY_RANGE
 
 log = logging.getLogger(__name__)
@@ -50,10 +50,16 @@ DEFAULT_MAX_DELAY_S = 8.0
 MAX_PRESIGN_EXPIRY_S = URL_EXPIRY_RANGE[1]
 
 _SAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]+")
-_SAFE_KEY_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_SAFE_KEY_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # Lenient on purpose (S3-compatible stores allow more than AWS does); it only has
-# to stop URIs whose "bucket" is really userinfo, a port or garbage.
-_BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
+# to stop URIs whose "bucket" is really userinfo, a port or garbage. Always used
+# with fullmatch: "$" would let a trailing newline through.
+_BUCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
+# C0 controls, DEL and C1 controls.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+#: S3's own limit on the length of a key, in UTF-8 bytes.
+MAX_KEY_BYTES = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,28 +81,72 @@ def parse_uri(uri: str) -> SourceURI:
     """Parse a source URI, rejecting anything the worker cannot fetch as ``invalid_job``.
 
     S3 keys are taken verbatim (``s3://b/my file.mp4`` is the key ``my file.mp4``,
-    as the AWS CLI writes them); ``file://`` URIs are percent-decoded, as
-    :meth:`pathlib.Path.as_uri` encodes them. Whether ``file://`` is *allowed*
-    is the storage's decision, not the parser's.
+    as the AWS CLI writes them), so what intake checks is exactly what goes on
+    the wire; see :func:`check_key` for what a key may not hold. ``file://``
+    URIs are percent-decoded, as :meth:`pathlib.Path.as_uri` encodes them.
+    Whether ``file://`` and a given bucket are *allowed* is the storage's
+    decision (and intake's, with the same settings), not the parser's.
+
+    Any string gives a :class:`SourceURI` or :class:`InvalidJob`, never another
+    exception: the URI is a tenant's value.
     """
     if not isinstance(uri, str) or not uri:
-        raise InvalidJob(f"source.uri must be a non-empty string, got {uri!r}")
-    parts = urllib.parse.urlsplit(uri)
-    scheme = parts.scheme.lower()
-    if scheme == "s3":
-        bucket = parts.netloc
-        key = uri.split("://", 1)[1][len(bucket) :].lstrip("/")
-        if not _BUCKET.match(bucket) or not key:
-            raise InvalidJob(f"source.uri must look like s3://bucket/key, got {uri!r}")
+        raise InvalidJob(f"source.uri must be a non-empty string, got {excerpt(uri)}")
+    if uri[:5].lower() == "s3://":
+        # Split by hand rather than with urlsplit: "s3://b?x/key" must not parse
+        # as bucket "b", and the key must be exactly the bytes after the bucket.
+        bucket, slash, key = uri[5:].partition("/")
+        if not _BUCKET.fullmatch(bucket) or not slash or not key:
+            raise InvalidJob(f"source.uri must look like s3://bucket/key, got {excerpt(uri)}")
+        check_key(key, what="source.uri key")
         return SourceURI("s3", bucket=bucket, key=key)
-    if scheme == "file":
+    if _CONTROL.search(uri):
+        raise InvalidJob(f"source.uri may not contain control characters, got {excerpt(uri)}")
+    try:
+        parts = urllib.parse.urlsplit(uri)
+    except ValueError as exc:  # "file://[" and the like
+        raise InvalidJob(f"source.uri is not a valid URI, got {excerpt(uri)}") from exc
+    if parts.scheme.lower() == "file":
         if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
-            raise InvalidJob(f"source.uri must look like file:///absolute/path, got {uri!r}")
+            raise InvalidJob(f"source.uri must look like file:///absolute/path, got {excerpt(uri)}")
         path = Path(urllib.request.url2pathname(parts.path))
-        if not path.is_absolute() or ".." in path.parts:
-            raise InvalidJob(f"source.uri must name an absolute path without '..', got {uri!r}")
+        if not path.is_absolute() or ".." in path.parts or _CONTROL.search(str(path)):
+            raise InvalidJob(f"source.uri must name an absolute path, no '..' or control characters: {excerpt(uri)}")
         return SourceURI("file", path=path)
-    raise InvalidJob(f"source.uri scheme must be s3:// (or file:// where allowed), got {uri!r}")
+    if parts.scheme.lower() == "s3":  # "s3:", "s3:/b/k"
+        raise InvalidJob(f"source.uri must look like s3://bucket/key, got {excerpt(uri)}")
+    raise InvalidJob(f"source.uri scheme must be s3:// (or file:// where allowed), got {excerpt(uri)}")
+
+
+def check_key(key: str, *, what: str = "object key") -> str:
+    """``key`` if it is an S3 key that every S3-compatible store reads the same way.
+
+    Refused: empty, ``.`` and ``..`` segments (a normalising server resolves
+    ``media/../renders/x`` to another object, or another bucket in path-style
+    addressing), control characters (they end up in logs and temp paths), text
+    that is not valid UTF-8 (lone surrogates from JSON), and keys over S3's
+    1024-byte limit.
+    """
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise InvalidJob(f"{what} is not valid UTF-8: {excerpt(key)}") from exc
+    if size > MAX_KEY_BYTES:
+        raise InvalidJob(f"{what} is {size} bytes long, over the S3 limit of {MAX_KEY_BYTES}")
+    if _CONTROL.search(key):
+        raise InvalidJob(f"{what} may not contain control characters, got {excerpt(key)}")
+    if any(part in ("", ".", "..") for part in key.split("/")):
+        raise InvalidJob(f"{what} may not have empty, '.' or '..' path segments, got {excerpt(key)}")
+    return key
+
+
+def check_source_bucket(src: SourceURI, allowed: Collection[str]) -> None:
+    """Refuse an ``s3://`` source outside ``allowed`` (``RENDER_SOURCE_BUCKETS``; empty means any bucket).
+
+    The allowed names are not quoted back: the error goes to the tenant.
+    """
+    if src.scheme == "s3" and allowed and src.bucket not in allowed:
+        raise InvalidJob(f"source.uri bucket {excerpt(src.bucket)} is not one the worker may read sources from")
 
 
 def output_key(prefix: str, render_id: str, ext: str) -> str:
@@ -106,10 +156,10 @@ def output_key(prefix: str, render_id: str, ext: str) -> str:
     of leaving an orphan; the parts are checked so an odd id can never escape
     the prefix (``..``, slashes).
     """
-    if not _SAFE_KEY_PART.match(render_id or ""):
-        raise InvalidJob(f"render_id must be letters, digits, '.', '_' or '-', got {render_id!r}")
-    if not re.fullmatch(r"[A-Za-z0-9]+", ext or ""):
-        raise InvalidJob(f"output extension must be alphanumeric, got {ext!r}")
+    if not isinstance(render_id, str) or not _SAFE_KEY_PART.fullmatch(render_id):
+        raise InvalidJob(f"render_id must be letters, digits, '.', '_' or '-', got {excerpt(render_id)}")
+    if not isinstance(ext, str) or not re.fullmatch(r"[A-Za-z0-9]+", ext):
+        raise InvalidJob(f"output extension must be alphanumeric, got {excerpt(ext)}")
     prefix = prefix.strip("/")
     name = f"{render_id}/{render_id}.{ext}"
     return f"{prefix}/{name}" if prefix else name
@@ -178,7 +228,8 @@ def with_retries(
 class Storage(abc.ABC):
     """Object storage as the pipeline sees it.
 
-    ``fetch``/``size`` read *sources* (any bucket, or ``file://`` where allowed);
+    ``fetch``/``size`` read *sources* (from the allowed buckets, or ``file://``
+    where allowed: intake checks the same, and this is the second line);
     ``put``/``presign``/``exists``/``delete`` work on *outputs* in the one
     output bucket, by key. Subclasses implement the ``_``-prefixed primitives,
     which raise :class:`StorageError` for transient trouble; this class adds
@@ -191,6 +242,7 @@ class Storage(abc.ABC):
         *,
         output_bucket: str,
         allow_file_uris: bool = False,
+        source_buckets: Sequence[str] = (),
         attempts: int = DEFAULT_ATTEMPTS,
         base_delay_s: float = DEFAULT_BASE_DELAY_S,
         max_delay_s: float = DEFAULT_MAX_DELAY_S,
@@ -198,6 +250,8 @@ class Storage(abc.ABC):
     ) -> None:
         self.output_bucket = output_bucket
         self.allow_file_uris = allow_file_uris
+        #: Buckets sources may be read from (``RENDER_SOURCE_BUCKETS``); empty means any.
+        self.source_buckets = tuple(source_buckets)
         self.attempts = attempts
         self.base_delay_s = base_delay_s
         self.max_delay_s = max_delay_s
@@ -268,7 +322,10 @@ class Storage(abc.ABC):
     def _source(self, uri: str) -> SourceURI:
         src = parse_uri(uri)
         if src.scheme == "file" and not self.allow_file_uris:
-            raise InvalidJob(f"source.uri {uri!r}: file:// sources are disabled (set RENDER_ALLOW_FILE_URIS=1)")
+            raise InvalidJob(f"source.uri {excerpt(uri)}: file:// sources are disabled (set RENDER_ALLOW_FILE_URIS=1)")
+        # Intake refuses these already; checked again here so that no caller
+        # (a future actor, a script using the library) can read another bucket.
+        check_source_bucket(src, self.source_buckets)
         return src
 
     @staticmethod

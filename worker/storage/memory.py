@@ -20,7 +20,7 @@ import dataclasses
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from worker.errors import StorageError
@@ -54,6 +54,7 @@ class MemoryStorage(Storage):
         *,
         output_bucket: str | None = None,
         allow_file_uris: bool | None = None,
+        source_buckets: Sequence[str] | None = None,
         attempts: int = DEFAULT_ATTEMPTS,
         base_delay_s: float = DEFAULT_BASE_DELAY_S,
         max_delay_s: float = DEFAULT_MAX_DELAY_S,
@@ -63,6 +64,7 @@ class MemoryStorage(Storage):
         super().__init__(
             output_bucket=output_bucket if output_bucket is not None else settings.output_bucket,
             allow_file_uris=allow_file_uris if allow_file_uris is not None else settings.allow_file_uris,
+            source_buckets=source_buckets if source_buckets is not None else settings.source_bucket_list,
             attempts=attempts,
             base_delay_s=base_delay_s,
             max_delay_s=max_delay_s,

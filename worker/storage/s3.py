@@ -146,6 +146,7 @@ class S3Storage(Storage):
         super().__init__(
             output_bucket=settings.output_bucket,
             allow_file_uris=settings.allow_file_uris,
+            source_buckets=settings.source_bucket_list,
             attempts=attempts,
             base_delay_s=base_delay_s,
             max_delay_s=max_delay_s,
