@@ -212,13 +212,13 @@ def graph(
 ) -> None:
     """Print the exact ffmpeg command and filter graph, without running them."""
     from worker import ffmpeg
-    from worker.render import command_for, plan_render
+    from worker.render import Limits, command_for, plan_render
 
     settings = Settings.from_env()
     try:
         segments = load_plan(cut, settings.max_segments)
         spec = output_spec(fmt, resolution, _int(video_bitrate), _int(audio_bitrate))
-        plan = plan_render(source, segments, spec)
+        plan = plan_render(source, segments, spec, limits=Limits.from_settings(settings))
     except RenderError as err:
         fail(err)
     preset = presets_mod.load_preset(fmt, variant)
