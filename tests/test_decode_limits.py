@@ -43,8 +43,14 @@ _MEASURE = textwrap.dedent(
         render(source, None, OutputSpec("mp4"), output, settings=Settings(nvenc="off", max_source_pixels=max_pixels))
     except RenderError as exc:
         result = {"code": exc.code.value, "message": exc.message}
-    result["self_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    # ffmpeg is this process's child and has been waited for: its peak is here.
+    # VmHWM, not RUSAGE_SELF: Python starts children with vfork, and Linux carries
+    # the high-water mark of the mm an exec replaced into ru_maxrss, so RUSAGE_SELF
+    # here would report the (large) test runner's peak rather than this render's.
+    hwm_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    result["self_mb"] = hwm_kb / 1024
+    # ffmpeg is this process's child and has been waited for: its peak is here
+    # (by the same vfork effect it may include this process's RSS at the time
+    # ffmpeg started, so it errs high, which is the safe side for a bound).
     result["children_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     result["output_exists"] = output.exists() or any(output.parent.glob("." + output.name + "*"))
     print(json.dumps(result))
