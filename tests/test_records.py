@@ -1,15 +1,18 @@
-"""Render records and their guarded transitions, against a real redis-server and the in-memory twin.
+"""Render records: one contract, run against both stores (a real redis-server, and the in-memory twin).
 
-Every behaviour the pipeline relies on is checked on both stores (``MemoryRecordStore``
-backs ``render-cli`` and the pipeline's unit tests, so it must not drift from Redis).
-Only lease *expiry* is Redis-only: memory leases never lapse by design.
+``MemoryRecordStore`` backs ``render-cli`` and the pipeline's unit tests, so it must
+not drift from Redis: every test here that takes the ``kit`` fixture runs on both.
+A lease lapses on Redis when its key expires and in memory when the store's clock
+passes its deadline; :meth:`Kit.lapse` makes that happen on either, so the lease
+rules are part of the shared contract too. Only the real-time expiry of a Redis key
+has a Redis-only test.
 """
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import pytest
@@ -22,18 +25,51 @@ if TYPE_CHECKING:
     from services import RedisServer
 
 DEFAULTS = {"asset_id": "ast_1", "cut_id": None, "output": {"format": "m4a", "resolution": None}}
+DONE = {"size_bytes": 1234, "duration_s": 4.5, "encoder": "cpu", "output_key": "k/r.m4a"}
+
+
+@dataclass
+class Clock:
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Kit:
+    """A store plus the means to let one of its leases lapse, whichever store it is."""
+
+    store: RecordStore
+    clock: Clock = field(default_factory=Clock)
+    client: redis.Redis | None = None
+
+    def lapse(self, render_id: str) -> None:
+        if isinstance(self.store, RedisRecordStore):
+            assert self.client is not None
+            key = f"{self.store.prefix}:{render_id}:lease"
+            self.client.pexpire(key, 1)  # what a lease TTL running out does, without the wait
+            wait_for(lambda: not self.client.exists(key), 5, "the lease key to expire", interval_s=0.005)
+        else:
+            self.clock.now += 3600
 
 
 @pytest.fixture(params=[pytest.param("redis", marks=pytest.mark.services), "memory"])
-def store(request: pytest.FixtureRequest) -> Iterator[RecordStore]:
+def kit(request: pytest.FixtureRequest) -> Iterator[Kit]:
     if request.param == "memory":
-        yield MemoryRecordStore()
+        clock = Clock()
+        yield Kit(MemoryRecordStore(clock=clock), clock)
         return
     server: RedisServer = request.getfixturevalue("redis_server")
     client = redis.Redis.from_url(server.url, decode_responses=True)
     # A prefix of its own per test: the session's Redis is shared.
-    yield RedisRecordStore(client, ttl_s=600, prefix=f"t{uuid.uuid4().hex[:8]}")
+    yield Kit(RedisRecordStore(client, ttl_s=600, prefix=f"t{uuid.uuid4().hex[:8]}"), client=client)
     client.close()
+
+
+@pytest.fixture
+def store(kit: Kit) -> RecordStore:
+    return kit.store
 
 
 @pytest.fixture
@@ -47,6 +83,16 @@ def rid() -> str:
     return f"rnd_{uuid.uuid4().hex[:12]}"
 
 
+def started(store: RecordStore, token: str = "tok-a") -> str:
+    r = rid()
+    assert store.create(r, DEFAULTS)
+    assert store.start(r, token, 30, DEFAULTS).status == "started"
+    return r
+
+
+# -- the happy path and creation -------------------------------------------------------------------------------
+
+
 def test_create_start_progress_complete(store: RecordStore) -> None:
     r = rid()
     assert store.create(r, {**DEFAULTS, "created_at": "2024-01-01T00:00:00.000Z"})
@@ -55,14 +101,14 @@ def test_create_start_progress_complete(store: RecordStore) -> None:
     assert (rec["state"], rec["attempts"], rec["progress"]) == ("pending", 0, 0.0)
     assert rec["output"] == DEFAULTS["output"] and rec["cut_id"] is None
 
-    started = store.start(r, "tok-a", 30, DEFAULTS)
-    assert (started.status, started.attempts, started.state) == ("started", 1, "processing")
+    s = store.start(r, "tok-a", 30, DEFAULTS)
+    assert (s.status, s.attempts, s.state) == ("started", 1, "processing")
     assert store.progress(r, "tok-a", 0.25, 30)
     rec = store.get(r)
     assert rec is not None
     assert rec["state"] == "processing" and rec["progress"] == 0.25 and rec["started_at"]
 
-    assert store.complete(r, {"size_bytes": 1234, "duration_s": 4.5, "encoder": "cpu", "output_key": "k/r.m4a"})
+    assert store.complete(r, "tok-a", DONE)
     rec = store.get(r)
     assert rec is not None
     assert rec["state"] == "completed" and rec["progress"] == 1.0 and rec["attempts"] == 1
@@ -87,10 +133,26 @@ def test_start_without_a_record_creates_it_from_defaults(store: RecordStore) -> 
     assert rec["id"] == r and rec["asset_id"] == "ast_1" and rec["created_at"] and rec["attempts"] == 1
 
 
-def test_lease_busy_for_another_token(store: RecordStore) -> None:
+def test_only_create_start_and_fail_create_records(store: RecordStore) -> None:
+    """A release (or progress, complete, event mark) for an unknown id leaves no record behind: on Redis
+    such a record would have no TTL and never expire."""
     r = rid()
-    store.create(r, DEFAULTS)
-    assert store.start(r, "tok-a", 30, DEFAULTS).status == "started"
+    assert store.release(r, "tok", {"error_message": "retrying after: x"}) is False
+    assert not store.progress(r, "tok", 0.5, 30)
+    assert not store.complete(r, "tok", DONE)
+    store.mark_event(r)
+    assert store.get_raw(r) is None
+
+
+def test_get_missing(store: RecordStore) -> None:
+    assert store.get(rid()) is None and store.get_raw(rid()) is None
+
+
+# -- the lease token ----------------------------------------------------------------------------------------------
+
+
+def test_lease_busy_for_another_token(store: RecordStore) -> None:
+    r = started(store)
     busy = store.start(r, "tok-b", 30, DEFAULTS)
     assert (busy.status, busy.state) == ("busy", "processing")
     assert not store.progress(r, "tok-b", 0.5, 30)  # a stranger cannot write progress
@@ -98,33 +160,87 @@ def test_lease_busy_for_another_token(store: RecordStore) -> None:
     assert rec is not None and rec["attempts"] == 1  # a busy start is not an attempt
 
 
+def test_complete_needs_the_lease_token(store: RecordStore) -> None:
+    r = started(store, "tok-a")
+    before = store.get_raw(r)
+    assert not store.complete(r, "tok-b", {**DONE, "output_key": "stranger"})
+    assert store.get_raw(r) == before  # still processing, nothing of the stranger's written
+    assert store.complete(r, "tok-a", DONE)
+
+
+def test_fail_needs_the_lease_token(store: RecordStore) -> None:
+    r = started(store, "tok-a")
+    assert not store.fail(r, "tok-b", "timeout", "a stranger's verdict", DEFAULTS)
+    assert not store.fail(r, None, "internal_error", "no token at all", DEFAULTS)
+    rec = store.get(r)
+    assert rec is not None and rec["state"] == "processing"
+    assert store.fail(r, "tok-a", "encode_failed", "ffmpeg exited 1", DEFAULTS)
+
+
+def test_a_taken_over_lease_refuses_its_old_holder(kit: Kit) -> None:
+    """The worker that stalled past its lease comes back after another took over: every write of its is refused."""
+    store = kit.store
+    r = started(store, "stalled")
+    kit.lapse(r)
+    took = store.start(r, "new", 30, DEFAULTS)
+    assert (took.status, took.attempts) == ("started", 2)
+    assert not store.progress(r, "stalled", 0.9, 30)
+    assert not store.complete(r, "stalled", DONE)
+    assert not store.fail(r, "stalled", "timeout", "late", DEFAULTS)
+    assert store.release(r, "stalled", {"error_message": "stale"}) is False
+    rec = store.get(r)
+    assert rec is not None and rec["state"] == "processing" and rec["error_message"] is None
+    assert store.progress(r, "new", 0.1, 30) and store.complete(r, "new", DONE)
+
+
+def test_a_lapsed_lease_nobody_took_is_still_its_holders(kit: Kit) -> None:
+    """A holder whose renewals stalled (a Redis blip) but whom nobody replaced may carry on and finish."""
+    store = kit.store
+    r = started(store, "tok-a")
+    kit.lapse(r)
+    assert store.progress(r, "tok-a", 0.5, 30)  # renewing takes the lease back
+    assert store.start(r, "tok-b", 30, DEFAULTS).status == "busy"
+    kit.lapse(r)
+    assert store.complete(r, "tok-a", DONE)
+
+
 def test_release_keeps_processing_and_frees_the_lease(store: RecordStore) -> None:
-    r = rid()
-    store.create(r, DEFAULTS)
-    store.start(r, "tok-a", 30, DEFAULTS)
-    store.release(r, "tok-a", {"error_message": "retrying after: storage_failed: 503"})
+    r = started(store, "tok-a")
+    assert store.release(r, "tok-a", {"error_message": "retrying after: storage_failed: 503"})
     rec = store.get(r)
     assert rec is not None
     assert rec["state"] == "processing" and rec["error_message"] == "retrying after: storage_failed: 503"
-    assert not store.progress(r, "tok-a", 0.5, 30)  # the lease is gone
     again = store.start(r, "tok-b", 30, DEFAULTS)
     assert (again.status, again.attempts) == ("started", 2)
+    assert not store.progress(r, "tok-a", 0.5, 30)  # the lease is tok-b's now
     rec = store.get(r)
     assert rec is not None and rec["error_message"] is None  # a new attempt starts clean
 
 
-def test_release_by_a_stranger_leaves_the_lease(store: RecordStore) -> None:
-    r = rid()
-    store.start(r, "tok-a", 30, DEFAULTS)
-    store.release(r, "tok-b")
-    assert store.start(r, "tok-c", 30, DEFAULTS).status == "busy"
+def test_release_by_a_stranger_changes_nothing(store: RecordStore) -> None:
+    r = started(store, "tok-a")
+    before = store.get_raw(r)
+    assert store.release(r, "tok-b", {"error_message": "a stranger's note"}) is False
+    assert store.get_raw(r) == before
+    assert store.start(r, "tok-c", 30, DEFAULTS).status == "busy"  # the lease stays tok-a's
     assert store.progress(r, "tok-a", 0.1, 30)
+
+
+def test_release_of_a_pending_record_changes_nothing(store: RecordStore) -> None:
+    r = rid()
+    store.create(r, DEFAULTS)
+    before = store.get_raw(r)
+    assert store.release(r, "tok", {"error_message": "never started"}) is False
+    assert store.get_raw(r) == before
+
+
+# -- failing and terminal records ------------------------------------------------------------------------------
 
 
 def test_fail_from_pending(store: RecordStore) -> None:
     r = rid()
     store.create(r, DEFAULTS)
-    assert store.fail(r, "invalid_job", "segments[0] is bad", DEFAULTS)
+    assert store.fail(r, None, "invalid_job", "segments[0] is bad", DEFAULTS)
     rec = store.get(r)
     assert rec is not None
     assert (rec["state"], rec["error_code"], rec["error_message"]) == ("failed", "invalid_job", "segments[0] is bad")
@@ -133,46 +249,48 @@ def test_fail_from_pending(store: RecordStore) -> None:
 
 def test_fail_without_a_record_creates_one(store: RecordStore) -> None:
     r = rid()
-    assert store.fail(r, "invalid_job", "bad", {"asset_id": "ast_9"})
+    assert store.fail(r, None, "invalid_job", "bad", {"asset_id": "ast_9"})
     rec = store.get(r)
     assert rec is not None
     assert rec["state"] == "failed" and rec["asset_id"] == "ast_9" and rec["created_at"] and rec["attempts"] == 0
 
 
 def test_fail_while_processing_drops_the_lease(store: RecordStore) -> None:
-    r = rid()
-    store.start(r, "tok-a", 30, DEFAULTS)
-    assert store.fail(r, "storage_failed", "gave up", DEFAULTS)
+    r = started(store, "tok-a")
+    assert store.fail(r, "tok-a", "storage_failed", "gave up", DEFAULTS)
     assert not store.progress(r, "tok-a", 0.9, 30)
     assert store.start(r, "tok-b", 30, DEFAULTS).status == "terminal"
 
 
 @pytest.mark.parametrize("final", ["completed", "failed"])
 def test_terminal_records_are_immutable(store: RecordStore, final: str) -> None:
-    r = rid()
-    store.create(r, DEFAULTS)
-    store.start(r, "tok-a", 30, DEFAULTS)
+    r = started(store, "tok-a")
     if final == "completed":
-        assert store.complete(r, {"size_bytes": 10, "output_key": "k"})
+        assert store.complete(r, "tok-a", {"size_bytes": 10, "output_key": "k"})
     else:
-        assert store.fail(r, "encode_failed", "ffmpeg exited 1", DEFAULTS)
+        assert store.fail(r, "tok-a", "encode_failed", "ffmpeg exited 1", DEFAULTS)
+    store.mark_event(r)
     before = store.get_raw(r)
 
     again = store.start(r, "tok-b", 30, DEFAULTS)
     assert (again.status, again.state) == ("terminal", final)
     assert store.start(r, "tok-a", 30, DEFAULTS).status != "started"  # not even for the old holder
-    assert not store.progress(r, "tok-a", 0.5, 30)
-    assert not store.complete(r, {"size_bytes": 99, "output_key": "other"})
-    assert not store.fail(r, "timeout", "late", DEFAULTS)
-    store.release(r, "tok-a")
+    for token in ("tok-a", "tok-b"):
+        assert not store.progress(r, token, 0.5, 30)
+        assert not store.complete(r, token, {"size_bytes": 99, "output_key": "other"})
+        assert not store.fail(r, token, "timeout", "late", DEFAULTS)
+        # A release with a note, from the old holder or a stranger, cannot rewrite the outcome.
+        assert store.release(r, token, {"state": "processing", "error_message": "retrying after: x"}) is False
+    assert not store.fail(r, None, "invalid_job", "late", DEFAULTS)
+    assert not store.create(r, DEFAULTS)
     assert store.get_raw(r) == before
 
 
 def test_complete_needs_processing(store: RecordStore) -> None:
     r = rid()
     store.create(r, DEFAULTS)
-    assert not store.complete(r, {"size_bytes": 1})  # pending: never started
-    assert not store.complete(rid(), {"size_bytes": 1})  # no record at all
+    assert not store.complete(r, "tok", {"size_bytes": 1})  # pending: never started
+    assert not store.complete(rid(), "tok", {"size_bytes": 1})  # no record at all
     rec = store.get(r)
     assert rec is not None and rec["state"] == "pending"
 
@@ -186,27 +304,22 @@ def test_event_mark(store: RecordStore) -> None:
     assert not store.event_marked(rid())
 
 
-def test_get_missing(store: RecordStore) -> None:
-    assert store.get(rid()) is None and store.get_raw(rid()) is None
-
-
-# -- Redis only: time -------------------------------------------------------------------------------------------
+# -- Redis only: real time and real keys ---------------------------------------------------------------------------
 
 
 @pytest.mark.services
 def test_lease_expiry_lets_another_worker_take_over(redis_store: RedisRecordStore) -> None:
     r = rid()
     redis_store.create(r, DEFAULTS)
-    t0 = time.monotonic()
     assert redis_store.start(r, "dead-worker", 1.0, DEFAULTS).status == "started"
     assert redis_store.start(r, "new-worker", 1.0, DEFAULTS).status == "busy"
+    assert 0 < redis_store.r.pttl(f"{redis_store.prefix}:{r}:lease") <= 1000  # the key carries the TTL asked for
 
     def take_over() -> StartResult | None:
         result = redis_store.start(r, "new-worker", 30, DEFAULTS)
         return result if result.status == "started" else None
 
     took = wait_for(take_over, 10, "the lease to lapse", interval_s=0.02)
-    assert time.monotonic() - t0 >= 0.9  # not before its TTL
     assert took.attempts == 2
     # The old holder wakes up: its progress is refused, so it knows it lost the render.
     assert not redis_store.progress(r, "dead-worker", 0.9, 1.0)
@@ -220,7 +333,6 @@ def test_progress_renews_the_lease(redis_store: RedisRecordStore) -> None:
     assert redis_store.progress(r, "live", 0.5, 30)  # renewed for 30 s
     lease = f"{redis_store.prefix}:{r}:lease"
     assert redis_store.r.pttl(lease) > 10_000
-    time.sleep(0.6)  # past the first TTL
     assert redis_store.start(r, "other", 30, DEFAULTS).status == "busy"
 
 
@@ -232,7 +344,7 @@ def test_records_expire(redis_server: RedisServer) -> None:
     store.create(r, DEFAULTS)
     assert 0 < client.ttl(f"{store.prefix}:{r}") <= 120
     store.start(r, "tok", 30, DEFAULTS)
-    store.fail(r, "timeout", "slow", DEFAULTS)
+    store.fail(r, "tok", "timeout", "slow", DEFAULTS)
     assert 0 < client.ttl(f"{store.prefix}:{r}") <= 120
     client.close()
 

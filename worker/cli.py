@@ -334,7 +334,7 @@ def enqueue(
         except Exception as exc:
             # Never leave a pending record that no job will ever move.
             why = f"the job could not be queued: {type(exc).__name__}: {exc}"[:300]
-            store.fail(render_id, ErrorCode.INTERNAL_ERROR.value, why, {})
+            store.fail(render_id, None, ErrorCode.INTERNAL_ERROR.value, why, {})
             raise
     except RenderError as err:
         fail(err)

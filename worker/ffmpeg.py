@@ -23,13 +23,14 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
-from worker.errors import Cancelled, EncodeError, ErrorCode, RenderError, RenderTimeout, SourceError
+from worker.errors import Cancelled, ConfigError, EncodeError, ErrorCode, RenderError, RenderTimeout, SourceError
 
 ProgressFn = Callable[[float], None]
 POLL_S = 0.05
@@ -147,7 +148,6 @@ def run(
     on_progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
     deadline: float | None = None,
-    error_cls: type[RenderError] = EncodeError,
     cwd: str | os.PathLike[str] | None = None,
 ) -> None:
     """Run ffmpeg with ``args``; raise on failure, cancel or deadline (monotonic time)."""
@@ -202,11 +202,13 @@ def run(
     if proc.returncode != 0:
         detail = "\n".join(tail)
         cause = first[0] if first else "no error output"
-        raise error_cls(f"ffmpeg exited with status {proc.returncode}: {cause}", detail=detail)
+        raise EncodeError(f"ffmpeg exited with status {proc.returncode}: {cause}", detail=detail)
 
 
-def run_quick(args: Sequence[str], *, ffmpeg: str | None = None, timeout_s: float = 15.0) -> tuple[int, str]:
-    """A short ffmpeg run (probes): returns (exit status, stderr); -1 on timeout."""
+def run_quick(
+    args: Sequence[str], *, ffmpeg: str | None = None, timeout_s: float = 15.0, stdout: bool = False
+) -> tuple[int, str]:
+    """A short ffmpeg run (probes): returns (exit status, stderr, or stdout if asked); -1 on timeout."""
     argv = [resolve_ffmpeg(ffmpeg), *args]
     try:
         done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout_s, check=False)
@@ -214,7 +216,55 @@ def run_quick(args: Sequence[str], *, ffmpeg: str | None = None, timeout_s: floa
         return -1, f"timed out after {timeout_s} s"
     except OSError as exc:
         return -1, str(exc)
-    return done.returncode, done.stderr.decode("utf-8", "replace")
+    return done.returncode, (done.stdout if stdout else done.stderr).decode("utf-8", "replace")
+
+
+#: The oldest ffmpeg the worker's commands run on: the filter graph goes in with ``-/filter_complex FILE``
+#: (render.py), an option syntax ffmpeg 7.0 introduced. Older ones reject every render with encode_failed.
+MIN_VERSION = (7, 0)
+_VERSION = re.compile(r"ffmpeg version n?(\d+)\.(\d+)")
+
+
+def version(path: str | None = None, *, timeout_s: float = 15.0) -> tuple[str, tuple[int, int] | None]:
+    """The first line of ``ffmpeg -version`` and the (major, minor) it names, if it names one.
+
+    Builds from git name a revision (``N-12345-g…``) rather than a release, so no number comes out of those.
+    """
+    code, out = run_quick(["-hide_banner", "-version"], ffmpeg=path, timeout_s=timeout_s, stdout=True)
+    line = out.strip().splitlines()[0] if out.strip() else ""
+    if code != 0 or not line.startswith("ffmpeg version"):
+        raise ConfigError(f"ffmpeg at {resolve_ffmpeg(path)!r} does not run: {(line or f'exit status {code}')[:200]}")
+    m = _VERSION.match(line)
+    return line, (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def check_binary(path: str | None = None) -> str:
+    """Refuse, at start-up, an ffmpeg that cannot run the worker's commands; returns its version line.
+
+    The alternative, rewriting commands for older releases (``-filter_complex_script``), would keep a second
+    command shape alive for distributions' old packages; one shape, checked here, is simpler to trust.
+    """
+    line, found = version(path)
+    setting = "RENDER_FFMPEG_PATH" if path else "the bundled ffmpeg (imageio-ffmpeg)"
+    if found is None:
+        # A git build: no release number to compare, so ask it whether it reads an option from a file.
+        with tempfile.TemporaryDirectory(prefix="ffmpeg-check-") as tmp:
+            graph = Path(tmp) / "graph.txt"
+            graph.write_text("anull")
+            args = ["-hide_banner", "-v", "error", "-f", "lavfi", "-i", "anullsrc=d=0.01", "-/af", str(graph)]
+            code, err = run_quick([*args, "-f", "null", "-"], ffmpeg=path)
+        if code != 0:
+            raise ConfigError(
+                f"{setting}: {line[:120]!r} does not accept -/OPTION FILE arguments (ffmpeg >= "
+                f"{MIN_VERSION[0]}.{MIN_VERSION[1]} needed): {err.strip()[:200]}"
+            )
+        return line
+    if found < MIN_VERSION:
+        raise ConfigError(
+            f"{setting}={resolve_ffmpeg(path)!r} is ffmpeg {found[0]}.{found[1]} ({line[:120]!r}); the worker needs "
+            f"ffmpeg {MIN_VERSION[0]}.{MIN_VERSION[1]} or newer (its filter graphs go in with -/filter_complex)"
+        )
+    return line
 
 
 def temp_output_path(final: Path, suffix: str) -> Path:

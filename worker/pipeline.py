@@ -12,16 +12,26 @@ Retry policy, in one place:
 * transient errors (storage, network, lost lease races, shutdown) release the
   lease and propagate, so the queue retries the message with backoff, unless
   this was the last attempt, in which case the record fails with the code of
-  the error (``storage_failed`` for storage);
+  the error (``storage_failed`` for storage); a configuration error (missing
+  credentials, say) is permanent: retrying cannot fix it;
+* a render's scratch directory is keyed by its render id and kept when a
+  transient error comes after the output was rendered (an upload that failed),
+  so the retry uploads that output instead of rendering it again;
 * unexpected exceptions are bugs: the record fails with ``internal_error``
   rather than looping through retries.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
+import fcntl
+import hashlib
+import json
 import logging
+import os
+import shutil
 import tempfile
 import threading
 import time
@@ -41,6 +51,9 @@ from worker.settings import Settings
 from worker.storage.base import Storage, output_key
 
 log = logging.getLogger(__name__)
+
+#: Whether a retry reuses the output an earlier attempt rendered (a switch for the test that shows it matters).
+REUSE_OUTPUT = True
 
 COMPLETED = "render.completed"
 FAILED = "render.failed"
@@ -83,8 +96,6 @@ class Observer:
     def failed(self, code: str, fmt: str) -> None: ...
 
     def uploaded(self, size: int, seconds: float) -> None: ...
-
-    def nvenc(self, available: bool) -> None: ...
 
 
 @dataclasses.dataclass
@@ -139,6 +150,79 @@ def _ext_of(uri: str) -> str:
     suffix = PurePosixPath(urlsplit(uri).path).suffix.lower()
     # The extension only names the scratch file; the probe decides what it is.
     return suffix if suffix[1:].isalnum() and len(suffix) <= 6 else ".bin"
+
+
+#: A kept scratch directory (a retry that never came back to this host) is removed after this long.
+SCRATCH_MAX_AGE_S = 24 * 3600
+_RENDERED = "rendered.json"
+
+
+class Scratch:
+    """``<work_dir>/job-<render_id>``: one render's source and output, kept across retries on this host.
+
+    Held under an exclusive ``flock`` while a delivery uses it. A second delivery of the same render on the
+    same host (only possible while a lease is being lost) gets a private directory instead, so neither can
+    delete the other's files. ``keep`` decides, when the delivery ends, whether the directory outlives it.
+    """
+
+    def __init__(self, work_dir: str, render_id: str) -> None:
+        self.root = Path(work_dir or tempfile.gettempdir())
+        self.shared = self.root / f"job-{render_id}"
+        self.path = self.shared
+        self.keep = False
+        self._lock: int | None = None
+
+    def __enter__(self) -> Scratch:
+        _prune(self.root)
+        self.shared.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.shared / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            self.path = Path(tempfile.mkdtemp(prefix=f"{self.shared.name}-", dir=self.root))
+            return self
+        self._lock = fd
+        os.utime(self.shared)  # fresh: not pruned while it may be reused
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not (self.keep and self._lock is not None):
+            shutil.rmtree(self.path, ignore_errors=True)
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+
+def _prune(root: Path) -> None:
+    """Remove scratch directories of renders that never came back here (another worker finished them)."""
+    cutoff = time.time() - SCRATCH_MAX_AGE_S
+    with contextlib.suppress(OSError):
+        for entry in root.glob("job-*"):
+            with contextlib.suppress(OSError):
+                if (entry / ".lock").exists() and entry.stat().st_mtime < cutoff:
+                    shutil.rmtree(entry, ignore_errors=True)
+
+
+def _fingerprint(job: Job) -> str:
+    """What the rendered output depends on: a kept output is reused only for the very same job."""
+    segments = None if job.segments is None else [(s.start, s.end) for s in job.segments]
+    text = json.dumps([job.source_uri, segments, job.output.to_dict()], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _rendered(scratch: Path, out: Path, fingerprint: str) -> RenderResult | None:
+    """The result of an earlier attempt that rendered this job's output here, if the output is intact."""
+    try:
+        saved = json.loads((scratch / _RENDERED).read_text())
+        if saved["fingerprint"] != fingerprint:
+            return None
+        result = RenderResult(**{**saved["result"], "path": str(out)})
+        if out.stat().st_size != result.size_bytes:
+            return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return result
 
 
 class _Lease:
@@ -222,9 +306,17 @@ def _terminal_event(deps: Deps, render_id: str, webhook: Webhook | None) -> None
         _send(deps, FAILED, render_id, rec.get("asset_id") or "", webhook, extra)
 
 
-def _fail(deps: Deps, render_id: str, err: RenderError, defaults: dict, asset_id: str, webhook: Webhook | None) -> None:
+def _fail(
+    deps: Deps,
+    render_id: str,
+    err: RenderError,
+    defaults: dict,
+    asset_id: str,
+    webhook: Webhook | None,
+    token: str | None = None,
+) -> None:
     message = bounded_message(err.message)
-    if deps.records.fail(render_id, err.code.value, message, defaults):
+    if deps.records.fail(render_id, token, err.code.value, message, defaults):
         deps.observer.failed(err.code.value, str(defaults.get("output", {}).get("format", "")))
         extra = {"error_code": err.code.value, "error_message": message}
         _send(deps, FAILED, render_id, asset_id, webhook, extra)
@@ -273,8 +365,14 @@ def process(
     wall_started = time.monotonic()
     deps.observer.started(fmt)
     try:
-        with _Lease(deps, job.render_id, token) as lease:
-            result = _run(job, deps, lease, cancel)
+        with Scratch(settings.work_dir, job.render_id) as scratch, _Lease(deps, job.render_id, token) as lease:
+            try:
+                result = _run(job, deps, lease, cancel, scratch)
+            except RenderError as err:
+                # Kept only for a retry of this render, which may then skip straight to the upload.
+                retried = err.transient and (not last_attempt or isinstance(err, Cancelled))
+                scratch.keep = retried and not isinstance(err, LeaseBusy)
+                raise
     except LeaseBusy:
         # Another worker took the render over while this one was stalled: it owns
         # the record now, so this delivery just steps aside.
@@ -284,12 +382,12 @@ def process(
         if retry:
             deps.records.release(job.render_id, token, {"error_message": bounded_message(f"retrying after: {err}")})
             raise
-        _fail(deps, job.render_id, err, defaults, job.asset_id, job.webhook)
+        _fail(deps, job.render_id, err, defaults, job.asset_id, job.webhook, token)
         return Outcome.FAILED
     except Exception as exc:  # noqa: BLE001 - a bug: fail the record instead of retrying forever
         log.exception("render %s failed unexpectedly", job.render_id)
         bug = RenderError(f"unexpected error: {type(exc).__name__}: {exc}")
-        _fail(deps, job.render_id, bug, defaults, job.asset_id, job.webhook)
+        _fail(deps, job.render_id, bug, defaults, job.asset_id, job.webhook, token)
         return Outcome.FAILED
 
     fields = {
@@ -298,30 +396,39 @@ def process(
         "encoder": result.encoder,
         "output_key": output_key(settings.output_prefix, job.render_id, load_preset(fmt).extension),
     }
-    if deps.records.complete(job.render_id, fields):
+    if deps.records.complete(job.render_id, token, fields):
         wall = time.monotonic() - wall_started
         deps.observer.finished("completed", fmt, result.encoder, wall, result.duration_s, result.source_duration_s)
         _send(deps, COMPLETED, job.render_id, job.asset_id, job.webhook, {})
         return Outcome.COMPLETED
-    # Someone else finished it first (we overwrote the same key with the same render).
+    # Our lease was gone by then: someone else finished it first (the same render to the same key),
+    # or holds it now and will finish it.
     _terminal_event(deps, job.render_id, job.webhook)
     return Outcome.DUPLICATE
 
 
-def _run(job: Job, deps: Deps, lease: _Lease, cancel: threading.Event | None) -> RenderResult:
+def _run(job: Job, deps: Deps, lease: _Lease, cancel: threading.Event | None, scratch: Scratch) -> RenderResult:
     settings = deps.settings
     deadline = time.monotonic() + settings.time_limit_s
-    with tempfile.TemporaryDirectory(prefix=f"job-{job.render_id}-", dir=settings.work_dir or None) as tmp:
+    preset = load_preset(job.output.format)
+    tmp = scratch.path
+    out = tmp / f"{job.render_id}.{preset.extension}"
+    fingerprint = _fingerprint(job)
+    result = _rendered(tmp, out, fingerprint) if REUSE_OUTPUT else None
+    if result is not None:
+        log.info(
+            "render %s: reusing the output an earlier attempt rendered (%d bytes)", job.render_id, result.size_bytes
+        )
+    else:
+        (tmp / _RENDERED).unlink(missing_ok=True)
         size = deps.storage.size(job.source_uri)
         if size > settings.max_source_bytes:
             raise SourceError(
                 f"source is {size} bytes, over the limit of {settings.max_source_bytes}",
                 code=ErrorCode.SOURCE_TOO_LARGE,
             )
-        src = Path(tmp) / f"source{_ext_of(job.source_uri)}"
+        src = tmp / f"source{_ext_of(job.source_uri)}"
         deps.storage.fetch(job.source_uri, src)
-        preset = load_preset(job.output.format)
-        out = Path(tmp) / f"{job.render_id}.{preset.extension}"
         result = deps.renderer(
             src,
             job.segments,
@@ -332,13 +439,15 @@ def _run(job: Job, deps: Deps, lease: _Lease, cancel: threading.Event | None) ->
             cancel=cancel,
             deadline=deadline,
         )
-        if lease.lost.is_set():
-            raise LeaseBusy(f"lost the lease on {job.render_id} while rendering")
-        key = output_key(settings.output_prefix, job.render_id, preset.extension)
-        t0 = time.monotonic()
-        deps.storage.put(out, key, preset.content_type)
-        deps.observer.uploaded(result.size_bytes, time.monotonic() - t0)
-        return result
+        src.unlink(missing_ok=True)  # not needed again: a retry uploads the output
+        (tmp / _RENDERED).write_text(json.dumps({"fingerprint": fingerprint, "result": result.to_dict()}))
+    if lease.lost.is_set():
+        raise LeaseBusy(f"lost the lease on {job.render_id} while rendering")
+    key = output_key(settings.output_prefix, job.render_id, preset.extension)
+    t0 = time.monotonic()
+    deps.storage.put(out, key, preset.content_type)
+    deps.observer.uploaded(result.size_bytes, time.monotonic() - t0)
+    return result
 
 
 def download_url(storage: Storage, record: Mapping[str, Any], expiry_s: int) -> str | None:

@@ -10,6 +10,17 @@ render runs and lapses ``lease_ttl_s`` after its worker dies, so a job that
 Dramatiq requeues after a crash can be taken over, while a duplicate delivered
 during a live render is told to come back later instead of rendering twice.
 
+The contract, the same for both stores (tests/test_records.py runs one suite
+against each):
+
+* every transition of a started render carries the lease token (``start``,
+  ``progress``, ``complete``, ``fail``, ``release``) and is refused while
+  *another* token holds the lease. A lapsed lease that nobody took over still
+  lets its last holder renew, complete or fail: its render is still the latest;
+* a terminal record never changes again, whoever asks;
+* only ``create``, ``start`` and ``fail`` may create a record; ``release``,
+  ``progress``, ``complete`` and ``mark_event`` never do.
+
 Two implementations share the :class:`RecordStore` interface: Redis for the
 fleet and memory for ``render-cli`` and unit tests.
 """
@@ -21,7 +32,8 @@ import dataclasses
 import datetime as dt
 import json
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis
@@ -93,7 +105,7 @@ def encode_fields(fields: Mapping[str, Any]) -> dict[str, str]:
 
 
 class RecordStore(abc.ABC):
-    """Where render records live. All transitions are guarded and atomic."""
+    """Where render records live. All transitions are guarded and atomic (see the module docstring)."""
 
     @abc.abstractmethod
     def create(self, render_id: str, fields: Mapping[str, Any]) -> bool:
@@ -105,26 +117,33 @@ class RecordStore(abc.ABC):
 
     @abc.abstractmethod
     def progress(self, render_id: str, token: str, ratio: float, lease_ttl_s: float) -> bool:
-        """Record progress and renew the lease; False if the lease is no longer ours."""
+        """Record progress and renew the lease; False if another token holds it or the record is not processing."""
 
     @abc.abstractmethod
-    def complete(self, render_id: str, fields: Mapping[str, Any]) -> bool:
-        """processing → completed; False if already terminal."""
+    def complete(self, render_id: str, token: str, fields: Mapping[str, Any]) -> bool:
+        """processing → completed, for the lease holder; False if terminal, not started, or leased by another."""
 
     @abc.abstractmethod
-    def fail(self, render_id: str, code: str, message: str, defaults: Mapping[str, Any]) -> bool:
-        """Any non-terminal state → failed (creating the record if needed); False if already terminal."""
+    def fail(self, render_id: str, token: str | None, code: str, message: str, defaults: Mapping[str, Any]) -> bool:
+        """Any non-terminal state → failed (creating the record if needed).
+
+        False if already terminal or another token holds the lease. ``token`` is None where nothing was
+        started (a message refused at intake, a job that could not be queued).
+        """
 
     @abc.abstractmethod
-    def release(self, render_id: str, token: str, note: Mapping[str, Any] | None = None) -> None:
-        """Drop our lease (the job will be retried), keeping the record in processing."""
+    def release(self, render_id: str, token: str, note: Mapping[str, Any] | None = None) -> bool:
+        """Drop our lease (the job will be retried), keeping the record in processing, with ``note`` written.
+
+        False, changing nothing, unless the record is processing and the lease is ours (or lapsed).
+        """
 
     @abc.abstractmethod
     def get_raw(self, render_id: str) -> dict[str, str] | None: ...
 
     @abc.abstractmethod
     def mark_event(self, render_id: str) -> None:
-        """Note that the terminal event was handed to the webhook queue."""
+        """Note that the terminal event was handed to the webhook queue (never creates a record)."""
 
     def get(self, render_id: str) -> dict[str, Any] | None:
         raw = self.get_raw(render_id)
@@ -136,6 +155,8 @@ class RecordStore(abc.ABC):
 
 
 # --- Redis -----------------------------------------------------------------
+
+# KEYS = [record, lease] in every script. A lease key holds its holder's token and expires on its own.
 
 _START = """
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -154,18 +175,21 @@ redis.call('EXPIRE', KEYS[1], ARGV[5])
 return {'started', attempts, 'processing'}
 """
 
+# The holder renews its lease; a lapsed lease nobody took over is taken back.
 _PROGRESS = """
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 if redis.call('HGET', KEYS[1], 'state') ~= 'processing' then return 0 end
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
 redis.call('HSET', KEYS[1], 'progress', ARGV[2])
 return 1
 """
 
 _COMPLETE = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if state ~= 'processing' then return 0 end
-local fields = cjson.decode(ARGV[1])
+if redis.call('HGET', KEYS[1], 'state') ~= 'processing' then return 0 end
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[1] then return 0 end
+local fields = cjson.decode(ARGV[2])
 for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
 redis.call('HSET', KEYS[1], 'state', 'completed', 'progress', '1')
 redis.call('DEL', KEYS[2])
@@ -175,6 +199,8 @@ return 1
 _FAIL = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state == 'completed' or state == 'failed' then return 0 end
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[6] then return 0 end
 if not state then
   local defaults = cjson.decode(ARGV[4])
   for k, v in pairs(defaults) do redis.call('HSET', KEYS[1], k, v) end
@@ -187,9 +213,18 @@ return 1
 """
 
 _RELEASE = """
-if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+if redis.call('HGET', KEYS[1], 'state') ~= 'processing' then return 0 end
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[2])
 local note = cjson.decode(ARGV[2])
 for k, v in pairs(note) do redis.call('HSET', KEYS[1], k, v) end
+return 1
+"""
+
+_MARK_EVENT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'event_enqueued', '1')
 return 1
 """
 
@@ -204,6 +239,7 @@ class RedisRecordStore(RecordStore):
         self._complete = client.register_script(_COMPLETE)
         self._fail = client.register_script(_FAIL)
         self._release = client.register_script(_RELEASE)
+        self._mark_event = client.register_script(_MARK_EVENT)
 
     @classmethod
     def from_url(cls, url: str, *, ttl_s: int = 30 * 86400) -> RedisRecordStore:
@@ -237,45 +273,65 @@ class RedisRecordStore(RecordStore):
         status, attempts, state = self._call(
             self._start,
             keys=self._keys(render_id),
-            args=[token, int(lease_ttl_s * 1000), now_iso(), json.dumps(d), self.ttl_s],
+            args=[token, _ms(lease_ttl_s), now_iso(), json.dumps(d), self.ttl_s],
         )
         return StartResult(status=status, attempts=int(attempts), state=state or None)
 
     def progress(self, render_id: str, token: str, ratio: float, lease_ttl_s: float) -> bool:
-        args = [token, f"{ratio:.4f}", int(lease_ttl_s * 1000)]
+        args = [token, f"{ratio:.4f}", _ms(lease_ttl_s)]
         return bool(self._call(self._progress, keys=self._keys(render_id), args=args))
 
-    def complete(self, render_id: str, fields: Mapping[str, Any]) -> bool:
+    def complete(self, render_id: str, token: str, fields: Mapping[str, Any]) -> bool:
         f = encode_fields({"completed_at": now_iso(), **fields})
-        return bool(self._call(self._complete, keys=self._keys(render_id), args=[json.dumps(f)]))
+        return bool(self._call(self._complete, keys=self._keys(render_id), args=[token, json.dumps(f)]))
 
-    def fail(self, render_id: str, code: str, message: str, defaults: Mapping[str, Any]) -> bool:
+    def fail(self, render_id: str, token: str | None, code: str, message: str, defaults: Mapping[str, Any]) -> bool:
         d = encode_fields({"id": render_id, "created_at": now_iso(), "attempts": 0, **defaults})
-        args = [code, message, now_iso(), json.dumps(d), self.ttl_s]
+        # No token is sent as "": no lease ever holds the empty token, so any holder refuses it.
+        args = [code, message, now_iso(), json.dumps(d), self.ttl_s, token or ""]
         return bool(self._call(self._fail, keys=self._keys(render_id), args=args))
 
-    def release(self, render_id: str, token: str, note: Mapping[str, Any] | None = None) -> None:
+    def release(self, render_id: str, token: str, note: Mapping[str, Any] | None = None) -> bool:
         args = [token, json.dumps(encode_fields(note or {}))]
-        self._call(self._release, keys=self._keys(render_id), args=args)
+        return bool(self._call(self._release, keys=self._keys(render_id), args=args))
 
     def get_raw(self, render_id: str) -> dict[str, str] | None:
         raw = self._call(self.r.hgetall, self._keys(render_id)[0])
         return dict(raw) if raw else None
 
     def mark_event(self, render_id: str) -> None:
-        self._call(self.r.hset, self._keys(render_id)[0], "event_enqueued", "1")
+        self._call(self._mark_event, keys=self._keys(render_id), args=[])
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
 
 
 # --- memory ----------------------------------------------------------------
 
 
 class MemoryRecordStore(RecordStore):
-    """Same semantics in one process; leases never lapse unless released."""
+    """Same contract in one process, leases lapsing on ``clock`` (monotonic time) as Redis keys expire."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
+        self._clock = clock
         self._data: dict[str, dict[str, str]] = {}
-        self._leases: dict[str, str] = {}
+        self._leases: dict[str, tuple[str, float]] = {}  # render id -> (token, lapses at)
+
+    def _holder(self, render_id: str) -> str | None:
+        lease = self._leases.get(render_id)
+        if lease is None:
+            return None
+        if lease[1] <= self._clock():
+            del self._leases[render_id]
+            return None
+        return lease[0]
+
+    def _blocked(self, render_id: str, token: str | None) -> bool:
+        """Whether another token holds the lease."""
+        holder = self._holder(render_id)
+        return holder is not None and holder != token
 
     def create(self, render_id: str, fields: Mapping[str, Any]) -> bool:
         with self._lock:
@@ -289,10 +345,9 @@ class MemoryRecordStore(RecordStore):
             rec = self._data.get(render_id)
             if rec and rec.get("state") in TERMINAL:
                 return StartResult("terminal", 0, rec["state"])
-            holder = self._leases.get(render_id)
-            if holder and holder != token:
+            if self._blocked(render_id, token):
                 return StartResult("busy", 0, rec.get("state") if rec else None)
-            self._leases[render_id] = token
+            self._leases[render_id] = (token, self._clock() + lease_ttl_s)
             if rec is None:
                 rec = encode_fields({"id": render_id, "created_at": now_iso(), **defaults})
                 self._data[render_id] = rec
@@ -314,24 +369,27 @@ class MemoryRecordStore(RecordStore):
     def progress(self, render_id: str, token: str, ratio: float, lease_ttl_s: float) -> bool:
         with self._lock:
             rec = self._data.get(render_id)
-            if self._leases.get(render_id) != token or not rec or rec.get("state") != "processing":
+            if not rec or rec.get("state") != "processing" or self._blocked(render_id, token):
                 return False
+            self._leases[render_id] = (token, self._clock() + lease_ttl_s)
             rec["progress"] = f"{ratio:.4f}"
             return True
 
-    def complete(self, render_id: str, fields: Mapping[str, Any]) -> bool:
+    def complete(self, render_id: str, token: str, fields: Mapping[str, Any]) -> bool:
         with self._lock:
             rec = self._data.get(render_id)
-            if not rec or rec.get("state") != "processing":
+            if not rec or rec.get("state") != "processing" or self._blocked(render_id, token):
                 return False
             rec.update(encode_fields({"completed_at": now_iso(), **fields, "state": "completed", "progress": 1}))
             self._leases.pop(render_id, None)
             return True
 
-    def fail(self, render_id: str, code: str, message: str, defaults: Mapping[str, Any]) -> bool:
+    def fail(self, render_id: str, token: str | None, code: str, message: str, defaults: Mapping[str, Any]) -> bool:
         with self._lock:
             rec = self._data.get(render_id)
             if rec and rec.get("state") in TERMINAL:
+                return False
+            if self._blocked(render_id, token):
                 return False
             if rec is None:
                 rec = encode_fields({"id": render_id, "created_at": now_iso(), "attempts": 0, **defaults})
@@ -344,12 +402,14 @@ class MemoryRecordStore(RecordStore):
             self._leases.pop(render_id, None)
             return True
 
-    def release(self, render_id: str, token: str, note: Mapping[str, Any] | None = None) -> None:
+    def release(self, render_id: str, token: str, note: Mapping[str, Any] | None = None) -> bool:
         with self._lock:
-            if self._leases.get(render_id) == token:
-                del self._leases[render_id]
-            if render_id in self._data and note:
-                self._data[render_id].update(encode_fields(note))
+            rec = self._data.get(render_id)
+            if rec is None or rec.get("state") != "processing" or self._blocked(render_id, token):
+                return False
+            self._leases.pop(render_id, None)
+            rec.update(encode_fields(note or {}))
+            return True
 
     def get_raw(self, render_id: str) -> dict[str, str] | None:
         with self._lock:

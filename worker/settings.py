@@ -10,12 +10,16 @@ AWS credentials are read by boto3 itself from the standard ``AWS_*`` variables.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from worker.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 PREFIX = "RENDER_"
 
@@ -33,6 +37,8 @@ class Setting:
     choices: tuple[str, ...] = ()  # allowed values of a str setting
     min: float | None = None  # inclusive bounds of a number
     max: float | None = None
+    # A shape check for a str setting: returns why the value is wrong, or None.
+    check: Callable[[str], str | None] | None = None
 
     @property
     def env(self) -> str:
@@ -41,48 +47,139 @@ class Setting:
     def problem(self, value: Any) -> str | None:
         """Why ``value`` is not acceptable for this setting, or None when it is."""
         if self.kind is float and not math.isfinite(value):
-            return "must be a finite number"
+            return f"must be a finite number, {self.allowed}"
         if self.choices and value not in self.choices:
-            return f"must be one of {', '.join(self.choices)}"
-        if self.min is not None and value < self.min:
-            return f"must be at least {self.min:g}" + (f" and at most {self.max:g}" if self.max is not None else "")
-        if self.max is not None and value > self.max:
-            return f"must be at most {self.max:g}" + (f" and at least {self.min:g}" if self.min is not None else "")
+            return f"must be {self.allowed}"
+        if (self.min is not None and value < self.min) or (self.max is not None and value > self.max):
+            return f"must be {self.allowed}"
+        if self.check is not None:
+            return self.check(value)
         return None
+
+    @property
+    def allowed(self) -> str:
+        """The allowed values, in words, for messages and the README."""
+        if self.choices:
+            return "one of " + ", ".join(self.choices)
+        if self.kind is bool:
+            return "1/true/yes/on or 0/false/no/off"
+        if self.min is not None and self.max is not None:
+            return f"{self.min:g} to {self.max:g}"
+        if self.min is not None:
+            return f"at least {self.min:g}"
+        return f"a {self.kind.__name__}"
+
+
+_QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+# S3 bucket names: 3-63 lower-case letters, digits, dots and hyphens, starting and ending alphanumeric.
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+def _queue_name(value: str) -> str | None:
+    if not _QUEUE_NAME.fullmatch(value) or value.endswith((".DQ", ".XQ")):
+        return "must be 1-100 letters, digits, '.', '_' or '-' (not ending in .DQ or .XQ)"
+    return None
+
+
+def _bucket_name(value: str) -> str | None:
+    return None if _BUCKET_NAME.fullmatch(value) else "must be an S3 bucket name (3-63 of a-z, 0-9, '.', '-')"
+
+
+def _bucket_list(value: str) -> str | None:
+    for name in (b.strip() for b in value.split(",")):
+        if name and _bucket_name(name) is not None:
+            return f"lists {name[:64]!r}, which is not an S3 bucket name"
+    return None
+
+
+def _url(*schemes: str, empty_ok: bool = False) -> Callable[[str], str | None]:
+    def check(value: str) -> str | None:
+        if empty_ok and value == "":
+            return None
+        scheme, sep, rest = value.partition("://")
+        if not sep or scheme.lower() not in schemes or not rest or any(c.isspace() for c in value):
+            return f"must be a {'/'.join(schemes)} URL" + (" or empty" if empty_ok else "")
+        return None
+
+    return check
+
+
+def _not_empty(value: str) -> str | None:
+    return "must not be empty" if not value.strip() else None
 
 
 SETTINGS: tuple[Setting, ...] = (
     # Broker and state.
     Setting(
-        "redis_url", str, "redis://localhost:6379/0", "Redis used as the Dramatiq broker and the render-record store."
+        "redis_url",
+        str,
+        "redis://localhost:6379/0",
+        "Redis used as the Dramatiq broker and the render-record store.",
+        check=_url("redis", "rediss", "unix"),
     ),
-    Setting("queue", str, "render", "Name of the render queue."),
-    Setting("webhook_queue", str, "render-webhooks", "Name of the webhook-delivery queue."),
+    Setting("queue", str, "render", "Name of the render queue.", check=_queue_name),
+    Setting("webhook_queue", str, "render-webhooks", "Name of the webhook-delivery queue.", check=_queue_name),
     Setting(
         "broker_heartbeat_timeout_ms",
         int,
         60_000,
         "A worker silent this long is presumed dead and its unacked jobs are requeued.",
+        min=5_000,
+        max=3_600_000,
+    ),
+    Setting(
+        "broker_sweep_interval_s",
+        float,
+        15.0,
+        "Every worker requeues dead workers' unacked jobs this often (so a crashed render restarts"
+        " within heartbeat timeout + this).",
+        min=1,
+        max=600,
     ),
     Setting(
         "broker_maintenance_chance",
         int,
         1000,
-        "Broker calls per million that run the sweep requeueing dead workers' jobs.",
+        "Broker calls per million that also run that sweep (Dramatiq's own, by chance; the timer is what bounds it).",
+        min=0,
+        max=1_000_000,
     ),
     Setting(
-        "lease_ttl_s", float, 30.0, "A render's lease lapses this long after its worker stops renewing it (crash)."
+        "lease_ttl_s",
+        float,
+        30.0,
+        "A render's lease lapses this long after its worker stops renewing it (crash).",
+        min=1,
+        max=3600,
     ),
-    Setting("max_retries", int, 5, "Attempts for transient failures before the job fails for good.", min=0),
-    Setting("retry_min_backoff_ms", int, 2_000, "First retry delay; it doubles each attempt."),
-    Setting("retry_max_backoff_ms", int, 300_000, "Cap on the retry delay."),
-    Setting("time_limit_s", float, 4 * 3600.0, "A render running longer is stopped and fails with `timeout`.", min=1),
+    Setting("max_retries", int, 5, "Attempts for transient failures before the job fails for good.", min=0, max=100),
+    Setting("retry_min_backoff_ms", int, 2_000, "First retry delay; it doubles each attempt.", min=0, max=3_600_000),
+    Setting("retry_max_backoff_ms", int, 300_000, "Cap on the retry delay.", min=0, max=86_400_000),
     Setting(
-        "shutdown_timeout_s", float, 600.0, "On SIGTERM, how long the current render may finish before it is requeued."
+        "time_limit_s",
+        float,
+        4 * 3600.0,
+        "A render running longer is stopped and fails with `timeout`.",
+        min=1,
+        max=7 * 86400,
     ),
-    Setting("record_ttl_s", int, 30 * 86400, "How long render records are kept in Redis."),
+    Setting(
+        "shutdown_timeout_s",
+        float,
+        600.0,
+        "On SIGTERM, how long the current render may finish before it is requeued.",
+        min=0,
+        max=7 * 86400,
+    ),
+    Setting("record_ttl_s", int, 30 * 86400, "How long render records are kept in Redis.", min=60, max=3650 * 86400),
     # Storage.
-    Setting("s3_endpoint_url", str, "", "S3-compatible endpoint; empty means AWS."),
+    Setting(
+        "s3_endpoint_url",
+        str,
+        "",
+        "S3-compatible endpoint; empty means AWS.",
+        check=_url("http", "https", empty_ok=True),
+    ),
     Setting("s3_region", str, "us-east-1", "Region used for signing S3 requests."),
     Setting(
         "s3_addressing_style",
@@ -98,10 +195,24 @@ SETTINGS: tuple[Setting, ...] = (
         "boto3 checksum mode: `when_required` (works with most S3-compatible stores) or `when_supported`.",
         choices=("when_required", "when_supported"),
     ),
-    Setting("output_bucket", str, "renders", "Bucket outputs are written to."),
+    Setting("output_bucket", str, "renders", "Bucket outputs are written to.", check=_bucket_name),
     Setting("output_prefix", str, "renders", "Key prefix: outputs go to `<prefix>/<render_id>/<render_id>.<ext>`."),
-    Setting("multipart_threshold_bytes", int, 64 * 1024 * 1024, "Outputs at least this large are uploaded in parts."),
-    Setting("multipart_chunk_bytes", int, 16 * 1024 * 1024, "Part size for multipart uploads."),
+    Setting(
+        "multipart_threshold_bytes",
+        int,
+        64 * 1024 * 1024,
+        "Outputs at least this large are uploaded in parts.",
+        min=5 * 1024 * 1024,
+        max=5 * 1024**3,
+    ),
+    Setting(
+        "multipart_chunk_bytes",
+        int,
+        16 * 1024 * 1024,
+        "Part size for multipart uploads (S3 allows 5 MiB to 5 GiB).",
+        min=5 * 1024 * 1024,
+        max=5 * 1024**3,
+    ),
     Setting(
         "url_expiry_s",
         int,
@@ -116,6 +227,7 @@ SETTINGS: tuple[Setting, ...] = (
         str,
         "",
         "Comma-separated buckets that `s3://` sources may come from; empty means any bucket.",
+        check=_bucket_list,
     ),
     # Rendering.
     Setting("work_dir", str, "", "Scratch directory for sources and outputs; empty means the system temp dir."),
@@ -127,23 +239,54 @@ SETTINGS: tuple[Setting, ...] = (
         "`auto` probes NVENC once per process, `off` always uses the CPU presets.",
         choices=("auto", "off"),
     ),
-    Setting("nvenc_probe_timeout_s", float, 15.0, "Time limit for the one-frame NVENC probe encode."),
-    Setting("max_source_bytes", int, 50 * 1024**3, "Sources larger than this fail with `source_too_large`.", min=1),
-    Setting("max_source_duration_s", float, 6 * 3600.0, "Sources longer than this fail with `source_too_large`."),
+    Setting("nvenc_probe_timeout_s", float, 15.0, "Time limit for the one-frame NVENC probe encode.", min=1, max=600),
+    Setting(
+        "max_source_bytes",
+        int,
+        50 * 1024**3,
+        "Sources larger than this fail with `source_too_large`.",
+        min=1,
+        max=5 * 1024**4,
+    ),
+    Setting(
+        "max_source_duration_s",
+        float,
+        6 * 3600.0,
+        "Sources longer than this fail with `source_too_large`.",
+        min=1,
+        max=7 * 86400,
+    ),
     Setting(
         "max_source_pixels",
         int,
         4096 * 2304,
         "Frames with more pixels than this fail with `source_too_large`; every frame is checked as it is decoded.",
         min=1,
+        max=16384 * 16384,
     ),
-    Setting("max_segments", int, 10_000, "Plans with more segments are rejected as `invalid_job`.", min=1),
-    Setting("progress_interval_s", float, 0.5, "Minimum time between progress writes to the render record."),
+    Setting(
+        "max_segments", int, 10_000, "Plans with more segments are rejected as `invalid_job`.", min=1, max=1_000_000
+    ),
+    Setting(
+        "progress_interval_s",
+        float,
+        0.5,
+        "Minimum time between progress writes to the render record.",
+        min=0.01,
+        max=3600,
+    ),
     # Webhooks.
-    Setting("webhook_timeout_s", float, 10.0, "Time limit for one webhook delivery attempt."),
-    Setting("webhook_max_attempts", int, 8, "Delivery attempts before a webhook is given up."),
-    Setting("webhook_min_backoff_ms", int, 5_000, "First webhook retry delay; it doubles each attempt."),
-    Setting("webhook_max_backoff_ms", int, 3_600_000, "Cap on the webhook retry delay."),
+    Setting("webhook_timeout_s", float, 10.0, "Time limit for one webhook delivery attempt.", min=0.1, max=300),
+    Setting("webhook_max_attempts", int, 8, "Delivery attempts before a webhook is given up.", min=1, max=100),
+    Setting(
+        "webhook_min_backoff_ms",
+        int,
+        5_000,
+        "First webhook retry delay; it doubles each attempt.",
+        min=0,
+        max=3_600_000,
+    ),
+    Setting("webhook_max_backoff_ms", int, 3_600_000, "Cap on the webhook retry delay.", min=0, max=86_400_000),
     Setting(
         "webhook_allow_private",
         bool,
@@ -152,11 +295,18 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     # Metrics.
     Setting("metrics_port", int, 9191, "Port the Prometheus metrics are served on (0 disables).", min=0, max=65535),
-    Setting("metrics_host", str, "0.0.0.0", "Address the metrics server binds to."),
+    Setting("metrics_host", str, "0.0.0.0", "Address the metrics server binds to.", check=_not_empty),
     Setting(
         "metrics_dir", str, "", "Directory for multiprocess metrics; empty means a fresh temp dir per worker start."
     ),
-    Setting("queue_depth_interval_s", float, 15.0, "How often queue depth and GPU telemetry are sampled."),
+    Setting(
+        "queue_depth_interval_s",
+        float,
+        15.0,
+        "How often queue depth and GPU telemetry are sampled.",
+        min=0.1,
+        max=3600,
+    ),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -173,10 +323,7 @@ def _parse(setting: Setting, raw: str) -> Any:
             raise ValueError(raw)
         return setting.kind(raw)
     except ValueError as exc:
-        raise ConfigError(
-            f"setting {setting.env}={raw[:80]!r} is not a valid {setting.kind.__name__}"
-            + (f" (one of {', '.join(setting.choices)})" if setting.choices else "")
-        ) from exc
+        raise ConfigError(f"setting {setting.env}={raw[:80]!r} is not valid: allowed: {setting.allowed}") from exc
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,6 +332,7 @@ class Settings:
     queue: str = _BY_NAME["queue"].default
     webhook_queue: str = _BY_NAME["webhook_queue"].default
     broker_heartbeat_timeout_ms: int = _BY_NAME["broker_heartbeat_timeout_ms"].default
+    broker_sweep_interval_s: float = _BY_NAME["broker_sweep_interval_s"].default
     broker_maintenance_chance: int = _BY_NAME["broker_maintenance_chance"].default
     lease_ttl_s: float = _BY_NAME["lease_ttl_s"].default
     max_retries: int = _BY_NAME["max_retries"].default
@@ -229,7 +377,23 @@ class Settings:
         for setting in SETTINGS:
             why = setting.problem(getattr(self, setting.name))
             if why is not None:
-                raise ConfigError(f"setting {setting.env}={getattr(self, setting.name)!r} {why}")
+                raise ConfigError(f"setting {setting.env}={getattr(self, setting.name)!r} {why}"[:400])
+        # Checks across settings.
+        if self.queue == self.webhook_queue:
+            raise ConfigError(f"settings RENDER_QUEUE and RENDER_WEBHOOK_QUEUE must differ (both {self.queue!r})")
+        for lo, hi in (
+            ("retry_min_backoff_ms", "retry_max_backoff_ms"),
+            ("webhook_min_backoff_ms", "webhook_max_backoff_ms"),
+        ):
+            if getattr(self, lo) > getattr(self, hi):
+                lo_env, hi_env = _BY_NAME[lo].env, _BY_NAME[hi].env
+                raise ConfigError(f"setting {lo_env}={getattr(self, lo)} must be at most {hi_env}={getattr(self, hi)}")
+        if self.broker_sweep_interval_s * 1000 >= self.broker_heartbeat_timeout_ms:
+            # A sweep slower than the heartbeat timeout would only add to the recovery time.
+            raise ConfigError(
+                f"setting RENDER_BROKER_SWEEP_INTERVAL_S={self.broker_sweep_interval_s:g} must be shorter than"
+                f" RENDER_BROKER_HEARTBEAT_TIMEOUT_MS={self.broker_heartbeat_timeout_ms} (in seconds)"
+            )
 
     @property
     def source_bucket_list(self) -> tuple[str, ...]:
@@ -237,13 +401,28 @@ class Settings:
         return tuple(b.strip() for b in self.source_buckets.split(",") if b.strip())
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, warn_unknown: bool = True) -> Settings:
         env = os.environ if environ is None else environ
         values = {s.name: _parse(s, env[s.env]) for s in SETTINGS if s.env in env}
-        return cls(**values)
+        settings = cls(**values)
+        unknown = unknown_names(env)
+        if unknown and warn_unknown:
+            # A misspelt name would otherwise be ignored without a word, leaving the default in force.
+            log.warning("ignoring unknown settings (not RENDER_* names this worker reads): %s", ", ".join(unknown))
+        return settings
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+
+#: ``RENDER_*`` names read by something other than the worker's settings (none today).
+NOT_SETTINGS: frozenset[str] = frozenset()
+
+
+def unknown_names(environ: Mapping[str, str]) -> list[str]:
+    """The ``RENDER_*`` variables in ``environ`` that are no setting: misspellings, most likely."""
+    known = {s.env for s in SETTINGS} | NOT_SETTINGS
+    return sorted(k for k in environ if k.startswith(PREFIX) and k not in known)
 
 
 def load() -> Settings:
