@@ -9,9 +9,11 @@ rounding error of every segment add up, so after hundreds of cuts the picture
 drifts against the plan. Instead every boundary is placed on the *output*
 timeline at ``round(planned_cumulative_time * rate)``, so no output frame is
 ever more than half a frame away from where the plan puts it, whatever the
-number of segments. Audio boundaries are derived from the same frame
-boundaries (``round(frames * sample_rate / fps)``), so audio and video lengths
-agree per segment to one sample and cannot drift apart either.
+number of segments. Audio boundaries are derived from the same output frame
+boundaries (``round(frames * sample_rate / fps)``, cumulative), so audio and
+video lengths agree per segment to one sample and cannot drift apart either;
+the graph keeps the two streams' pieces apart so that nothing (``concat``'s
+per-piece padding) can add a sample the plan did not place.
 """
 
 from __future__ import annotations
@@ -74,7 +76,11 @@ class Timeline:
     sample_rate: int | None  # of the audio, when there is audio to cut
     pieces: tuple[Piece, ...]
     fade_samples: int
-    first_unit: int = 0  # grid position of the source's first frame (or sample)
+    first_unit: int = 0  # grid position of the start of the source's extent
+    # Render-timeline seconds of grid unit 0 (the first video frame, or the first
+    # audio sample) and of audio sample 0 (the first decoded sample).
+    origin: Fraction = Fraction(0)
+    audio_origin: Fraction = Fraction(0)
 
     @property
     def total_units(self) -> int:
@@ -234,16 +240,32 @@ def build_timeline(
     first_unit: int,
     end_unit: int,
     sample_rate: int | None,
+    origin: Fraction = Fraction(0),
+    audio_origin: Fraction | None = None,
 ) -> Timeline:
-    """Snap ``segments`` (already clamped) to the grid ``rate``.
+    """Snap ``segments`` (already clamped, render-timeline seconds) to the grid ``rate``.
 
-    ``first_unit``/``end_unit`` bound the grid positions that exist in the
-    source: ``[first_unit, end_unit)``. With no segments the whole range is kept.
+    Grid unit ``u`` is the instant ``origin + u / rate``: the grid is anchored
+    on the first video frame (or the first audio sample), not on zero, so a
+    stream that starts off the frame grid (an mkv remux's 21 ms) is cut on its
+    own frames. ``first_unit``/``end_unit`` bound the grid positions that exist
+    in the source, ``[first_unit, end_unit)``; a negative ``first_unit`` is
+    audio before the first frame. With no segments the whole range is kept.
+
+    Audio sample ``k`` (counted from the first decoded sample) is the instant
+    ``audio_origin + k / sample_rate``. Each piece takes the samples from the
+    instant of its first frame, and its length comes from the same *output*
+    boundaries as the video (``round(out * sample_rate / rate)``, cumulative),
+    so no rounding adds up over the pieces. ``a_src`` is negative where a piece
+    starts before the audio does (the graph fills that with silence).
     """
     if end_unit <= first_unit:
         raise InvalidJob("the source has no frames or samples to render")
+    if audio_origin is None:
+        audio_origin = origin
+    whole = segments is None
     if segments is None:
-        segments = [Segment(float(first_unit / rate), float(end_unit / rate))]
+        segments = [Segment(float(origin + first_unit / rate), float(origin + end_unit / rate))]
 
     # Planned time is accumulated exactly (as Fractions of the float inputs), so
     # the boundary of segment 1000 is as exact as the boundary of segment 1.
@@ -254,7 +276,7 @@ def build_timeline(
         start = Fraction(seg.start)
         planned += Fraction(seg.end) - start
         out_next = _round(planned * rate)
-        src = min(max(_round(start * rate), first_unit), end_unit)
+        src = min(max(_round((start - origin) * rate), first_unit), end_unit)
         if spans and src < spans[-1][0] + spans[-1][1]:
             # The previous piece took one frame more than its span (its end was
             # rounded up on the output timeline): start after it, so no source
@@ -267,6 +289,9 @@ def build_timeline(
             out_prev += length
         # A segment shorter than half a frame keeps nothing; its time still
         # counts in ``planned`` so later boundaries stay where the plan puts them.
+    if whole:
+        # The whole source is exactly its grid range, whatever the float round trip says.
+        spans = [(first_unit, end_unit - first_unit)]
     if not spans:
         raise InvalidJob("every segment is shorter than one frame: nothing would be kept")
 
@@ -284,13 +309,13 @@ def build_timeline(
     for i, (src, length) in enumerate(merged):
         if sample_rate is None:
             a_src = a_len = a_out = 0
-        elif Fraction(sample_rate) == rate:
+        elif Fraction(sample_rate) == rate and audio_origin == origin:
             a_src, a_len, a_out = src, length, out
         else:
             sr = Fraction(sample_rate)
             a_out = _round(out * sr / rate)
             a_len = _round((out + length) * sr / rate) - a_out
-            a_src = _round(src * sr / rate)
+            a_src = _round((origin - audio_origin + Fraction(src) / rate) * sr)
         pieces.append(
             Piece(
                 src=src,
@@ -308,4 +333,12 @@ def build_timeline(
         out += length
     if sample_rate is not None:
         fade = max(1, round(FADE_S * sample_rate))
-    return Timeline(rate=rate, sample_rate=sample_rate, pieces=tuple(pieces), fade_samples=fade, first_unit=first_unit)
+    return Timeline(
+        rate=rate,
+        sample_rate=sample_rate,
+        pieces=tuple(pieces),
+        fade_samples=fade,
+        first_unit=first_unit,
+        origin=origin,
+        audio_origin=audio_origin,
+    )

@@ -24,10 +24,18 @@ Times in :class:`SourceInfo` are on the *render timeline*: seconds from the
 container's start time. That is the timeline ffmpeg's filters see (the ffmpeg
 CLI subtracts the container start time from every stream), and the one a user
 sees in a player, so cut plans are expressed in it.
+
+Each stream is placed on that timeline by its real timestamps, not by the
+header: its start is the timestamp of its first *decoded* frame (after edit
+lists and codec delay: an Opus stream's negative first packet, an AAC track's
+priming, an audio track that starts 0.3 s late), and its end is the largest
+``pts + duration`` among its last packets. Containers without a duration (a
+browser's streamed WebM has none, and no cues) are scanned to the end.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -149,6 +157,54 @@ def input_options(max_pixels: int) -> dict[str, str]:
 # Packets looked at for VFR detection and keyframe spacing: enough to see a few
 # GOPs and any irregular cadence, cheap even for multi-hour sources.
 _SCAN_PACKETS = 1800
+# The ends of the streams are read from the packets of the last seconds of an
+# indexed file (a B-frame or audio packet may end after the last one by pts).
+_TAIL_SCAN_S = 10.0
+# Frame rates recorders write; a VFR source is rendered at the one nearest its
+# cadence (a phone "30 fps" video averages 29.4 under load, and must still come
+# out at 30, not at 17906/597).
+STANDARD_RATES: tuple[Fraction, ...] = (
+    Fraction(24000, 1001),
+    Fraction(24),
+    Fraction(25),
+    Fraction(30000, 1001),
+    Fraction(30),
+    Fraction(50),
+    Fraction(60000, 1001),
+    Fraction(60),
+)
+# How far (relative) a measured cadence may be from a standard rate to snap to it.
+_SNAP_TOLERANCE = 0.015
+
+# Transfer characteristics (ffmpeg's AVColorTransferCharacteristic) of HDR video.
+TRC_PQ = 16  # SMPTE ST 2084
+TRC_HLG = 18  # ARIB STD-B67
+_TRC_NAMES = {1: "bt709", 6: "smpte170m", 13: "iec61966-2-1", 14: "bt2020-10", 15: "bt2020-12", 16: "smpte2084",
+              18: "arib-std-b67"}  # fmt: skip
+_PRIMARIES_NAMES = {1: "bt709", 5: "bt470bg", 6: "smpte170m", 9: "bt2020", 12: "smpte432"}
+_MATRIX_NAMES = {0: "gbr", 1: "bt709", 5: "bt470bg", 6: "smpte170m", 9: "bt2020nc", 10: "bt2020c"}
+
+
+def nominal_rate(declared: Fraction | None, cadence: Fraction | None, is_vfr: bool) -> Fraction:
+    """The frame rate a source is rendered at.
+
+    ``cadence`` is measured from the timestamps (frames per second, with a
+    dropped frame counted as the slots it leaves empty); ``declared`` is the
+    container's rate. CFR material keeps its declared rate (exactly 30000/1001,
+    where the average may be a rounded ratio). VFR material gets the standard
+    rate nearest its cadence, or its declared rate when that is close and no
+    standard rate is; a timestamp grid that is none of these keeps the measured
+    cadence.
+    """
+    if not is_vfr and declared and (cadence is None or abs(declared / cadence - 1) < _SNAP_TOLERANCE):
+        return declared.limit_denominator(1001)
+    measured = cadence or declared or Fraction(30)
+    best = min(STANDARD_RATES, key=lambda r: abs(r / measured - 1))
+    if abs(best / measured - 1) < _SNAP_TOLERANCE:
+        return best
+    if declared and abs(declared / measured - 1) < _SNAP_TOLERANCE:
+        return declared.limit_denominator(1001)
+    return measured.limit_denominator(1001)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,13 +215,21 @@ class VideoInfo:
     height: int
     rotation: int  # degrees, from the display matrix (0, 90, 180, 270)
     avg_rate: Fraction
-    rate: Fraction  # the frame grid the render uses (CFR rate, or the average for VFR)
+    rate: Fraction  # the nominal rate: the frame grid the render uses (see nominal_rate)
     is_vfr: bool
     bit_rate: int | None
     keyframe_interval_s: float | None
     start: float  # first frame on the render timeline
-    duration: float
+    duration: float  # from the first frame to the end of the last one
     pix_fmt: str | None
+    color_trc: str | None = None  # transfer characteristics, ffmpeg's names ("smpte2084", "arib-std-b67", ...)
+    color_primaries: str | None = None
+    colorspace: str | None = None  # the YUV matrix
+
+    @property
+    def is_hdr(self) -> bool:
+        """PQ or HLG: pictures that need tone mapping to look right as SDR BT.709."""
+        return self.color_trc in ("smpte2084", "arib-std-b67")
 
     @property
     def display_width(self) -> int:
@@ -223,6 +287,10 @@ class SourceInfo:
             out["video"]["display_width"] = self.video.display_width
             out["video"]["display_height"] = self.video.display_height
             out["video"]["rate_float"] = float(self.video.rate)
+            out["video"]["end"] = self.video.start + self.video.duration
+            out["video"]["hdr"] = self.video.is_hdr
+        if self.audio is not None:
+            out["audio"]["end"] = self.audio.start + self.audio.duration
         return out
 
 
@@ -248,10 +316,11 @@ def _pick_audio(container: Any) -> Any | None:
     return streams[0]
 
 
-def _stream_duration(stream: Any, container_duration: float, start: float) -> float:
-    if stream.duration is not None and stream.time_base is not None:
+def _stream_duration(stream: Any) -> float | None:
+    """The duration the header declares for a stream, when it declares one."""
+    if stream.duration is not None and stream.time_base is not None and stream.duration > 0:
         return float(stream.duration * stream.time_base)
-    return max(0.0, container_duration - start)
+    return None
 
 
 def _too_large(path: str, width: int, height: int, max_pixels: int) -> SourceError:
@@ -284,9 +353,13 @@ def _prepare_decoder(container: Any, stream: Any, max_pixels: int) -> None:
 
 
 def _first_frame(container: Any, stream: Any, max_pixels: int, deadline: float) -> Any:
-    """Decode until one frame of ``stream`` comes out, or raise SourceError."""
+    """Decode until one frame of ``stream`` comes out, or raise SourceError.
+
+    ``container`` must be freshly opened: reading from the very first packet
+    (never seeking to 0) keeps packets with negative timestamps, such as
+    Opus's pre-skip in WebM, which decide where the first sample really is.
+    """
     _prepare_decoder(container, stream, max_pixels)
-    container.seek(0, any_frame=False, backward=True, stream=None)
     try:
         for packet in container.demux(stream):
             _check_time(container.name, deadline)
@@ -302,9 +375,15 @@ def _first_frame(container: Any, stream: Any, max_pixels: int, deadline: float) 
     raise _unreadable(container.name, f"stream #{stream.index} has no decodable frames")
 
 
-def _scan_video_packets(container: Any, stream: Any, deadline: float) -> tuple[bool, float | None, int]:
-    """Look at the first packets: is the cadence variable, and how far apart are keyframes?"""
-    container.seek(0, any_frame=False, backward=True, stream=None)
+@dataclasses.dataclass(frozen=True)
+class _Cadence:
+    is_vfr: bool
+    key_interval: float | None
+    rate: Fraction | None  # frames per second measured from the timestamps (slots, counting drops)
+
+
+def _scan_video_packets(container: Any, stream: Any, deadline: float) -> _Cadence:
+    """Look at the first packets: is the cadence variable, what is it, how far apart are keyframes?"""
     pts: list[int] = []
     keys: list[int] = []
     try:
@@ -319,18 +398,70 @@ def _scan_video_packets(container: Any, stream: Any, deadline: float) -> tuple[b
                 break
     except av.error.FFmpegError:
         pass  # a damaged tail is found by the render itself; the head is what we scan
-    tb = float(stream.time_base)
+    tb = stream.time_base
     pts.sort()
     deltas = [b - a for a, b in zip(pts, pts[1:], strict=False) if b > a]
     is_vfr = False
+    rate = None
     if len(deltas) >= 2:
         lo, hi = min(deltas), max(deltas)
         # Timestamps rounded to the time base jitter by one tick on CFR material.
-        is_vfr = (hi - lo) * tb > 0.002 and hi > lo + 1
+        is_vfr = (hi - lo) * float(tb) > 0.002 and hi > lo + 1
+        # The cadence: time over the slots it covers. A gap of about k intervals
+        # (dropped frames) is k slots, and jitter averages out over the scan.
+        # The interval starts as the average (too long when frames were
+        # dropped) and is refined from the slot count until it settles; the
+        # median would not do, as jittered intervals are not symmetric about it.
+        span = pts[-1] - pts[0]
+        interval = Fraction(span, len(deltas))
+        slots = len(deltas)
+        for _ in range(8):
+            slots = sum(max(1, round(d / interval)) for d in deltas)
+            if Fraction(span, slots) == interval:
+                break
+            interval = Fraction(span, slots)
+        rate = Fraction(slots) / (span * tb)
     key_interval = None
     if len(keys) >= 2:
-        key_interval = (keys[-1] - keys[0]) * tb / (len(keys) - 1)
-    return is_vfr, key_interval, len(pts)
+        key_interval = float((keys[-1] - keys[0]) * tb) / (len(keys) - 1)
+    return _Cadence(is_vfr, key_interval, rate)
+
+
+def _stream_ends(container: Any, deadline: float) -> dict[int, float]:
+    """Seconds (stream timestamps) at which each stream's last packet ends, by stream index.
+
+    An indexed file is read from a few seconds before its declared end; a file
+    without a duration (streamed WebM) is read whole, packets only (no
+    decoding), within the probe's budget. A read error ends the scan: what was
+    seen so far stands, and a source shorter than its index is caught by the
+    render's own check of the output.
+    """
+    ends: dict[int, float] = {}
+    if container.duration and container.duration > 0:
+        start = container.start_time or 0
+        target = start + container.duration - int(_TAIL_SCAN_S * 1_000_000)
+        if target > start:
+            # On failure, read from wherever the demuxer is.
+            with contextlib.suppress(av.error.FFmpegError):
+                container.seek(target, backward=True, any_frame=False)
+    try:
+        for packet in container.demux():
+            _check_time(container.name, deadline)
+            if packet.pts is None or packet.stream.time_base is None:
+                continue
+            end = float((packet.pts + (packet.duration or 0)) * packet.stream.time_base)
+            if end > ends.get(packet.stream.index, float("-inf")):
+                ends[packet.stream.index] = end
+    except av.error.FFmpegError:
+        pass
+    return ends
+
+
+def _colour_name(names: dict[int, str], value: Any) -> str | None:
+    """ffmpeg's name of a colour property (PyAV gives the enum's number); None when unspecified."""
+    if value is None:
+        return None
+    return names.get(int(value))
 
 
 def _check_audio(path: str, sample_rate: int, channels: int) -> None:
@@ -360,13 +491,23 @@ def probe(
         raise SourceError(f"{spath}: no such file", code=ErrorCode.SOURCE_NOT_FOUND) from exc
     if size == 0:
         raise _unreadable(spath, "the file is empty")
-    try:
+    opens = 0
+
+    def open_source() -> Any:
         # ``options`` reach the demuxer and the decoders find_stream_info opens;
         # the timeout interrupts any single open or read that runs past the budget.
-        container = av.open(spath, options=input_options(max_pixels), timeout=(budget_s, budget_s))
-    except av.error.FFmpegError as exc:
-        _check_time(spath, deadline)  # an open cut short by the budget says so
-        raise _unreadable(spath, f"not a media file of an allowed container format ({exc.strerror})") from exc
+        # Each scan gets a fresh container rather than a seek back to 0: a seek
+        # to 0 skips packets with negative timestamps.
+        nonlocal opens
+        opens += 1
+        try:
+            return av.open(spath, options=input_options(max_pixels), timeout=(budget_s, budget_s))
+        except av.error.FFmpegError as exc:
+            _check_time(spath, deadline)  # an open cut short by the budget says so
+            why = "not a media file of an allowed container format" if opens == 1 else "cannot be read again"
+            raise _unreadable(spath, f"{why} ({exc.strerror})") from exc
+
+    container = open_source()
     with container:
         fmt = container.format.name
         try:
@@ -375,42 +516,65 @@ def probe(
             raise _unreadable(spath, f"container format {fmt!r} is not allowed") from exc
         c_start = (container.start_time or 0) / 1_000_000
         c_duration = (container.duration or 0) / 1_000_000
-
-        video = None
         vstreams = [s for s in container.streams.video if not (s.disposition & av.stream.Disposition.attached_pic)]
-        if vstreams:
-            vs = vstreams[0]
+        v_index = vstreams[0].index if vstreams else None
+        astream = _pick_audio(container)
+        a_index = astream.index if astream is not None else None
+        audio_stream_count = len(container.streams.audio)
+        bit_rate = container.bit_rate or None
+        ends = _stream_ends(container, deadline)
+    if v_index is None and a_index is None:
+        raise _unreadable(spath, "no video or audio stream")
+
+    def stream_end(stream: Any, start: float) -> float:
+        """End of a stream on the render timeline: its last packet, else its header, else the container's."""
+        if stream.index in ends:
+            return ends[stream.index] - c_start
+        declared = _stream_duration(stream)
+        if declared is not None:
+            return start + declared
+        return c_duration
+
+    video = None
+    if v_index is not None:
+        with open_source() as container:
+            vs = container.streams[v_index]
             frame = _first_frame(container, vs, max_pixels, deadline)
             v_start = (float(frame.pts * vs.time_base) if frame.pts is not None else 0.0) - c_start
-            is_vfr, key_interval, _ = _scan_video_packets(container, vs, deadline)
+        with open_source() as container:
+            vs = container.streams[v_index]
+            cadence = _scan_video_packets(container, vs, deadline)
             avg = Fraction(vs.average_rate or vs.guessed_rate or 30)
-            guessed = Fraction(vs.guessed_rate or avg)
-            # For CFR material the container's nominal rate is exact (30000/1001);
-            # the average can be a rounded ratio. For VFR the average is the grid.
-            rate = avg.limit_denominator(1001) if is_vfr else guessed.limit_denominator(1001)
+            declared = Fraction(vs.guessed_rate) if vs.guessed_rate else None
+            rate = nominal_rate(declared, cadence.rate, cadence.is_vfr)
             if rate <= 0 or rate > 240:
                 raise _unreadable(spath, f"implausible frame rate {float(rate):.3f}")
             rotation = int(getattr(frame, "rotation", 0) or 0) % 360
-            duration = _stream_duration(vs, c_duration, v_start) - max(0.0, v_start)
+            ctx = vs.codec_context
             video = VideoInfo(
                 index=vs.index,
-                codec=vs.codec_context.name,
-                width=vs.codec_context.width,
-                height=vs.codec_context.height,
+                codec=ctx.name,
+                width=ctx.width,
+                height=ctx.height,
                 rotation=rotation,
                 avg_rate=avg,
                 rate=rate,
-                is_vfr=is_vfr,
+                is_vfr=cadence.is_vfr,
                 bit_rate=vs.bit_rate or None,
-                keyframe_interval_s=key_interval,
+                keyframe_interval_s=cadence.key_interval,
                 start=v_start,
-                duration=max(duration, 1 / float(rate)),
-                pix_fmt=vs.codec_context.pix_fmt,
+                duration=max(stream_end(vs, v_start) - v_start, 1 / float(rate)),
+                pix_fmt=ctx.pix_fmt,
+                # The decoded frame's own tags: the bitstream's, where the container has none.
+                color_trc=_colour_name(_TRC_NAMES, frame.color_trc),
+                color_primaries=_colour_name(_PRIMARIES_NAMES, frame.color_primaries),
+                colorspace=_colour_name(_MATRIX_NAMES, frame.colorspace),
             )
 
-        audio = None
-        astream = _pick_audio(container)
-        if astream is not None:
+    audio = None
+    if a_index is not None:
+        with open_source() as container:
+            astream = container.streams[a_index]
             aframe = _first_frame(container, astream, max_pixels, deadline)
             a_start = (float(aframe.pts * astream.time_base) if aframe.pts is not None else 0.0) - c_start
             layout = aframe.layout.name if aframe.layout is not None else ""
@@ -425,25 +589,23 @@ def probe(
                 layout=layout,
                 bit_rate=astream.bit_rate or None,
                 start=a_start,
-                duration=_stream_duration(astream, c_duration, a_start) - max(0.0, a_start),
+                duration=max(0.0, stream_end(astream, a_start) - a_start),
             )
 
-        if video is None and audio is None:
-            raise _unreadable(spath, "no video or audio stream")
-        duration = c_duration
-        if duration <= 0:
-            duration = max(
-                (video.start + video.duration) if video else 0.0,
-                (audio.start + audio.duration) if audio else 0.0,
-            )
-        return SourceInfo(
-            path=spath,
-            format_name=fmt,
-            demuxer=demuxer,
-            size_bytes=size,
-            duration=duration,
-            bit_rate=container.bit_rate or None,
-            video=video,
-            audio=audio,
-            audio_stream_count=len(container.streams.audio),
-        )
+    # The source lasts until its last stream ends, whatever its header says (a
+    # streamed WebM says nothing).
+    duration = max(
+        (video.start + video.duration) if video else 0.0,
+        (audio.start + audio.duration) if audio else 0.0,
+    )
+    return SourceInfo(
+        path=spath,
+        format_name=fmt,
+        demuxer=demuxer,
+        size_bytes=size,
+        duration=duration,
+        bit_rate=bit_rate,
+        video=video,
+        audio=audio,
+        audio_stream_count=audio_stream_count,
+    )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import tempfile
 import threading
@@ -19,7 +20,7 @@ from typing import Any
 
 from worker import ffmpeg
 from worker.encoders import NvencStatus, encode_with_fallback, nvenc_status, variant_order
-from worker.errors import ErrorCode, SourceError
+from worker.errors import ErrorCode, InvalidJob, SourceError
 from worker.graph import EncodeSettings, build_graph, decide, ffmpeg_args
 from worker.output import OutputSpec
 from worker.plan import Segment, Timeline, build_timeline, clamp_to_source
@@ -96,17 +97,46 @@ class RenderResult:
         return dataclasses.asdict(self)
 
 
-def grid_of(info: SourceInfo) -> tuple[Fraction, int, int]:
-    """(rate, first unit, end unit) of the grid segments snap to."""
-    if info.video is not None:
-        rate = info.video.rate
-        first = round(info.video.start * rate)
-        end = round((info.video.start + info.video.duration) * rate)
-        return rate, first, max(end, first + 1)
-    assert info.audio is not None
-    sr = info.audio.sample_rate
-    first = round(info.audio.start * sr)
-    return Fraction(sr), first, max(first + 1, round((info.audio.start + info.audio.duration) * sr))
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """The grid segments snap to: unit ``u`` is the render-timeline instant ``origin + u / rate``."""
+
+    rate: Fraction
+    first: int  # first unit of the source's extent (negative: audio before the first frame)
+    end: int  # one past the last unit
+    origin: Fraction  # the first video frame (video outputs) or the first audio sample (audio-only)
+    audio_origin: Fraction  # the first audio sample
+
+    @property
+    def end_time(self) -> float:
+        return float(self.origin + Fraction(self.end) / self.rate)
+
+
+def grid_of(info: SourceInfo, video_output: bool = True) -> Grid:
+    """The grid a render of ``info`` snaps to, and the extent of the source on it.
+
+    A video output is cut on the frames (anchored on the first frame, so a stream
+    that starts off zero is cut on its own frames) and spans every stream: audio
+    before the first frame or after the last counts, in whole frames, and the
+    graph fills the picture there (black before, the last frame after). An
+    audio-only output is cut on the audio's own sample grid and extent: it never
+    depends on where the video starts or ends.
+    """
+    audio = info.audio
+    a_origin = Fraction(audio.start) if audio is not None else Fraction(0)
+    if video_output and info.video is not None:
+        video = info.video
+        rate = video.rate
+        origin = Fraction(video.start)
+        first, end = 0, max(1, round(Fraction(video.duration) * rate))
+        if audio is not None:
+            # Whole frames only: a sub-frame lead or tail of audio is not worth a black or repeated frame.
+            first = min(first, -math.floor((origin - a_origin) * rate))
+            end = max(end, math.floor((Fraction(audio.start + audio.duration) - origin) * rate))
+        return Grid(rate, first, end, origin, a_origin)
+    assert audio is not None
+    sr = audio.sample_rate
+    return Grid(Fraction(sr), 0, max(1, round(Fraction(audio.duration) * sr)), a_origin, a_origin)
 
 
 def plan_render(
@@ -122,11 +152,26 @@ def plan_render(
     limits.check(info)
     preset = load_preset(spec.format, "cpu")
     enc = decide(info, spec, preset)
-    rate, first, end = grid_of(info)
+    grid = grid_of(info, preset.has_video)
     if segments is not None:
-        segments = clamp_to_source(segments, float(end / rate))
+        segments = clamp_to_source(segments, grid.end_time)
+        # The output starts at the earliest instant the source has: time a plan
+        # keeps before that (an audio-only render of audio that starts late)
+        # is not there to keep, and must not push the rest off the plan.
+        begin = float(grid.origin + Fraction(grid.first) / grid.rate)
+        segments = [Segment(max(s.start, begin), s.end) for s in segments if s.end > begin]
+        if not segments:
+            raise InvalidJob(f"every segment ends before the source starts ({begin:.3f} s)")
     sample_rate = info.audio.sample_rate if info.audio is not None else None
-    timeline = build_timeline(segments, rate=rate, first_unit=first, end_unit=end, sample_rate=sample_rate)
+    timeline = build_timeline(
+        segments,
+        rate=grid.rate,
+        first_unit=grid.first,
+        end_unit=grid.end,
+        sample_rate=sample_rate,
+        origin=grid.origin,
+        audio_origin=grid.audio_origin,
+    )
     return Plan(info=info, spec=spec, timeline=timeline, encode=enc, limits=limits)
 
 
@@ -238,4 +283,4 @@ def render(
     )
 
 
-__all__ = ["Limits", "Plan", "RenderResult", "plan_render", "render", "command_for", "grid_of", "ErrorCode"]
+__all__ = ["Grid", "Limits", "Plan", "RenderResult", "plan_render", "render", "command_for", "grid_of", "ErrorCode"]
