@@ -14,14 +14,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
 
 from worker.gpu import GpuCollector  # noqa: E402
-from worker.metrics import RenderMetrics  # noqa: E402
+from worker.telemetry import RenderMetrics  # noqa: E402
 
 
 def main() -> int:
     registry = CollectorRegistry()
     metrics = RenderMetrics(registry=registry)
     collector = GpuCollector()
-    samples = collector.update_metrics(metrics)
+    samples = collector.sample()
+    metrics.set_gpu_samples(samples)
     print("enabled:", collector.enabled)
     for s in samples:
         print("sample:", s)

@@ -1,5 +1,5 @@
-"""Runtime telemetry: NVML (worker/gpu.py), multiprocess metrics, queue depth from a real Redis, and the Dramatiq
-wiring end to end (real `dramatiq` CLI, real worker processes, one HTTP endpoint).
+"""Runtime telemetry: NVML (worker/gpu.py, published by worker.telemetry), multiprocess metrics, queue depth from
+a real Redis, and the Dramatiq wiring end to end (real `dramatiq` CLI, real worker processes, one HTTP endpoint).
 
 Tests that change prometheus_client's multiprocess state run in subprocesses, so this process stays in the
 ordinary single-process mode the other test files expect.
@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from worker.gpu import GpuCollector, GpuSample
-from worker.metrics import RenderMetrics
+from worker.telemetry import RenderMetrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,7 +76,7 @@ def test_no_gpu_means_no_samples_no_exception_one_log_line(caplog: pytest.LogCap
     metrics = RenderMetrics(registry)
     for _ in range(5):
         assert collector.sample() == []
-        assert collector.update_metrics(metrics) == []
+        metrics.set_gpu_samples(collector.sample())  # what the telemetry loop does with an empty list
     assert not collector.enabled
     records = [r for r in caplog.records if r.name == "worker.gpu"]
     assert len(records) <= 1
@@ -149,7 +149,7 @@ def test_samples_and_unsupported_fields_are_absent_not_zero() -> None:
     assert nvml.init_calls == 1  # initialised once, lazily
 
     registry = CollectorRegistry()
-    collector.update_metrics(RenderMetrics(registry))
+    RenderMetrics(registry).set_gpu_samples(collector.sample())
     s = _samples(generate_latest(registry).decode())
     assert _value(s, "render_gpu_encoder_sessions", gpu="0", name="NVIDIA L4") == 3
     assert _value(s, "render_gpu_encoder_utilization_ratio", gpu="0", name="NVIDIA L4") == 0.25
@@ -170,7 +170,7 @@ def test_unusable_nvml_disables_after_one_debug_line(
     nvml = FakeNvml(count=count, init_error=error)
     collector = GpuCollector(nvml)
     for _ in range(3):
-        assert collector.update_metrics(RenderMetrics(CollectorRegistry())) == []
+        assert collector.sample() == []
     assert nvml.init_calls == 1
     records = [r for r in caplog.records if r.name == "worker.gpu"]
     assert [r.levelno for r in records] == [logging.DEBUG]
@@ -180,7 +180,7 @@ def test_unusable_nvml_disables_after_one_debug_line(
 
 CHILD = r"""
 import sys
-from worker import metrics
+from worker import telemetry as metrics
 n = int(sys.argv[1])
 for _ in range(n):
     metrics.observe_job("completed", "mp4", "cpu", 10.0, output_s=20.0)
@@ -222,7 +222,7 @@ def test_two_processes_make_one_coherent_scrape(tmp_path: Path) -> None:
 
     # The second process (the one with NVENC) exits: its live gauges go, its counters stay.
     env_dead = dict(env)
-    code = f"from worker import metrics; metrics.mark_process_dead({pids[1]})"
+    code = f"from worker import telemetry as metrics; metrics.mark_process_dead({pids[1]})"
     subprocess.run([sys.executable, "-c", code], env=env_dead, check=True)
     s = scrape()
     assert _value(s, "render_worker_processes") == 1
@@ -235,7 +235,7 @@ PREPARE = r"""
 import os, sys
 from pathlib import Path
 from prometheus_client import values
-from worker import metrics
+from worker import telemetry as metrics
 from worker.settings import Settings
 metrics.observe_webhook("delivered")          # created before the switch: in-memory, single-process
 assert values.ValueClass is values.MutexValue
@@ -266,7 +266,7 @@ import logging, sys, time
 import dramatiq
 from dramatiq.brokers.stub import StubBroker
 from prometheus_client import CollectorRegistry, generate_latest, multiprocess
-from worker import metrics
+from worker import telemetry as metrics
 from worker.settings import Settings
 
 critical = []
@@ -395,7 +395,7 @@ def test_read_queue_depths_against_a_real_dramatiq_broker(redis_url: str) -> Non
     import redis
     from dramatiq.brokers.redis import RedisBroker
 
-    from worker.metrics import read_queue_depths, update_queue_metrics
+    from worker.telemetry import read_queue_depths, update_queue_metrics
 
     broker = RedisBroker(url=redis_url)
 
@@ -437,7 +437,7 @@ def test_read_queue_depths_against_a_real_dramatiq_broker(redis_url: str) -> Non
 BROKER_MODULE = """
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
-from worker import metrics
+from worker import telemetry as metrics
 from worker.settings import load
 
 settings = load()
@@ -453,7 +453,7 @@ def render_job(n):
 
 LAUNCHER = """
 import sys
-from worker import metrics
+from worker import telemetry as metrics
 from worker.settings import load
 metrics.prepare_multiprocess_dir(load())   # what `render-worker` does before Dramatiq forks
 from dramatiq.cli import main
@@ -565,6 +565,6 @@ def _converged(s: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> bool:
 
 
 def _version() -> str:
-    from worker.metrics import build_version
+    from worker.telemetry import build_version
 
     return build_version()

@@ -113,7 +113,7 @@ def test_live_scrape_reports_exactly_what_happened(redis_server, s3_server, webh
     # every metric a dashboard panel or alert rule uses exists in this live scrape
     from prometheus_client import CollectorRegistry
 
-    from worker.metrics import RenderMetrics
+    from worker.telemetry import RenderMetrics
 
     gpu_defined = {
         m.name

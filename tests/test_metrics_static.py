@@ -3,7 +3,7 @@
 The scrape comes from a subprocess in prometheus_client multiprocess mode – the way the worker runs – that installs
 the real middleware on a Dramatiq broker, processes real messages through a Dramatiq worker (so Dramatiq's own
 ``dramatiq_*`` metrics come from Dramatiq's code, not from a copied list), calls every ``render_*`` helper once, and
-fetches ``/metrics`` over HTTP from :class:`worker.metrics.MetricsServer`. A subprocess keeps the environment
+fetches ``/metrics`` over HTTP from :class:`worker.telemetry.MetricsServer`. A subprocess keeps the environment
 variable and prometheus_client's value class out of the test process.
 """
 
@@ -27,7 +27,7 @@ SCRAPE_SCRIPT = r"""
 import sys, urllib.request
 import dramatiq
 from dramatiq.brokers.stub import StubBroker
-from worker import metrics
+from worker import telemetry as metrics
 from worker.gpu import GpuSample
 from worker.settings import Settings
 
@@ -46,6 +46,10 @@ def render(fail):
             raise RuntimeError("boom")
     metrics.observe_job("completed", "mp4", "cpu", 12.0, output_s=30.0, source_s=40.0)
 
+@dramatiq.actor(queue_name="render-webhooks", actor_name="deliver_webhook")
+def deliver_webhook():  # declared, never sent: its Dramatiq counters must still be there, at 0
+    pass
+
 render.send(False)
 render.send(True)  # fails, is retried once through the delay queue, then dead-lettered
 worker = dramatiq.Worker(broker, worker_threads=1)
@@ -61,6 +65,7 @@ metrics.observe_webhook("delivered")
 metrics.set_nvenc_available(True)
 m.set_queue_depths({"render": metrics.QueueDepth(ready=3, delayed=1, dead=2, oldest_age_s=42.0)})
 m.build_info.labels(version=metrics.build_version()).set(1)
+m.set_reachable(redis_ok=True, storage_ok=True)
 m.set_gpu_samples([GpuSample(0, "NVIDIA L4", 0.5, 0.25, 0.1, 2, 120.0, 1 << 30, 24 << 30)])
 
 server = metrics.MetricsServer(metrics.make_registry(), "127.0.0.1", 0)
@@ -87,6 +92,9 @@ EXPECTED_RENDER = {
     "render_nvenc_available": ("gauge", set()),
     "render_worker_processes": ("gauge", set()),
     "render_build_info": ("gauge", {"version"}),
+    "render_queue_consumers": ("gauge", {"queue"}),
+    "render_redis_up": ("gauge", set()),
+    "render_storage_up": ("gauge", set()),
     "render_gpu_utilization_ratio": ("gauge", {"gpu", "name"}),
     "render_gpu_encoder_utilization_ratio": ("gauge", {"gpu", "name"}),
     "render_gpu_decoder_utilization_ratio": ("gauge", {"gpu", "name"}),
@@ -181,6 +189,126 @@ def test_scrape_has_the_render_contract(families: dict[str, tuple[str, set[str],
 
 def test_scrape_has_dramatiq_metrics_from_one_endpoint(scraped_names: set[str]) -> None:
     assert scraped_names >= EXPECTED_DRAMATIQ
+
+
+@pytest.fixture(scope="module")
+def values(scrape: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """(sample name, labels without pid) -> value"""
+    out = {}
+    for fam in text_string_to_metric_families(scrape):
+        for s in fam.samples:
+            out[(s.name, frozenset((k, v) for k, v in s.labels.items() if k != "pid"))] = s.value
+    return out
+
+
+def _get(values: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float | None:
+    return values.get((name, frozenset(labels.items())))
+
+
+def test_labelled_counters_start_at_zero_for_known_labels(
+    values: dict[tuple[str, frozenset[tuple[str, str]]], float],
+) -> None:
+    """A panel of a counter that never moved must show 0, not "No data": every known label set is exported."""
+    from worker.errors import ErrorCode
+    from worker.telemetry import ENCODERS, FORMATS, JOB_OUTCOMES, WEBHOOK_OUTCOMES
+
+    assert "cancelled" in JOB_OUTCOMES
+    for outcome in JOB_OUTCOMES:
+        for fmt in FORMATS:
+            for encoder in ENCODERS:
+                got = _get(values, "render_jobs_total", outcome=outcome, format=fmt, encoder=encoder)
+                assert got is not None, (outcome, fmt, encoder)
+    assert _get(values, "render_jobs_total", outcome="cancelled", format="mp4", encoder="cpu") == 0
+    for code in ErrorCode:
+        assert _get(values, "render_failures_total", code=code.value) is not None, code
+    assert _get(values, "render_failures_total", code="timeout") == 0
+    for outcome in WEBHOOK_OUTCOMES:
+        assert _get(values, "render_webhook_deliveries_total", outcome=outcome) is not None, outcome
+    # Dramatiq's own counters for an actor that never ran: present, at 0.
+    for name in (
+        "dramatiq_messages_total",
+        "dramatiq_message_errors_total",
+        "dramatiq_message_retries_total",
+        "dramatiq_message_rejects_total",
+    ):
+        assert _get(values, name, queue_name="render-webhooks", actor_name="deliver_webhook") == 0, name
+    # ...and the ones that did move still count what happened (the failing message was dead-lettered once).
+    assert _get(values, "dramatiq_message_rejects_total", queue_name="render", actor_name="render") == 1
+
+
+def test_a_cancel_is_finished_but_never_a_failure() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from worker.telemetry import RenderMetrics
+
+    registry = CollectorRegistry()
+    m = RenderMetrics(registry)
+    m.initialize_series()
+    m.observe_job("cancelled", "mp4", "cpu", 5.0)
+    text = generate_latest(registry).decode()
+    assert 'render_jobs_total{encoder="cpu",format="mp4",outcome="cancelled"} 1.0' in text
+    failures = [line for line in text.splitlines() if line.startswith("render_failures_total{")]
+    assert failures and all(line.endswith(" 0.0") for line in failures)
+    assert "render_job_duration_seconds_count{" not in text  # durations are for completed renders only
+
+
+def test_duration_buckets_reach_the_time_limit(values: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> None:
+    from worker.settings import Settings
+
+    limit = Settings().time_limit_s
+    les = {dict(k[1]).get("le") for k in values if k[0] == "render_job_duration_seconds_bucket"}
+    finite = sorted(float(le) for le in les if le not in (None, "+Inf"))
+    assert "+Inf" in les
+    assert finite[-1] >= limit, f"top duration bucket {finite[-1]} s is below RENDER_TIME_LIMIT_S {limit} s"
+
+
+def test_worker_exports_the_queues_it_consumes(values: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> None:
+    assert _get(values, "render_queue_consumers", queue="render") == 1
+    assert _get(values, "render_queue_consumers", queue="render-webhooks") == 1
+    assert not [k for k in values if k[0] == "render_queue_consumers" and dict(k[1])["queue"].endswith(".DQ")]
+
+
+NVENC_SCRIPT = r"""
+import sys, threading
+from dramatiq.brokers.stub import StubBroker
+from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+from worker import telemetry
+from worker.settings import Settings
+
+settings = Settings(metrics_dir=sys.argv[1], metrics_port=0, nvenc=sys.argv[2], nvenc_probe_timeout_s=20)
+telemetry.prepare_multiprocess_dir(settings)
+broker = StubBroker()
+telemetry.install(broker, settings)
+broker.emit_after("process_boot")
+for t in threading.enumerate():
+    if t.name == "nvenc-probe":
+        t.join(60)  # the real probe, as a worker process runs it at boot
+registry = CollectorRegistry()
+multiprocess.MultiProcessCollector(registry, path=sys.argv[1])
+sys.stdout.write(generate_latest(registry).decode())
+"""
+
+
+@pytest.mark.parametrize("mode", ["off", "auto"])
+def test_nvenc_gauge_is_absent_when_nvenc_is_off(mode: str, tmp_path: Path) -> None:
+    """RENDER_NVENC=off is a CPU host on purpose: no render_nvenc_available at all, so the GPU alert cannot fire."""
+    env = {k: v for k, v in os.environ.items() if k not in {"PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"}}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    proc = subprocess.run(
+        [sys.executable, "-c", NVENC_SCRIPT, str(tmp_path), mode],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    names = {s.name for fam in text_string_to_metric_families(proc.stdout) for s in fam.samples}
+    assert "render_worker_processes" in names  # the middleware did boot
+    if mode == "off":
+        assert "render_nvenc_available" not in names
+    else:
+        assert "render_nvenc_available" in names  # probed (0 or 1): a GPU host's answer is always there
 
 
 def test_no_high_cardinality_labels(families: dict[str, tuple[str, set[str], set[str]]]) -> None:

@@ -7,6 +7,7 @@ Why it is shaped like this:
 * A host without a GPU, without ``libnvidia-ml`` or without ``pynvml`` is an ordinary deployment, not an error: the
   collector logs ONE debug line and disables itself for good. It never raises and never publishes zeros – the
   ``render_gpu_*`` series are simply absent, so dashboards and alerts can tell "no GPU" from "idle GPU".
+* It returns plain :class:`GpuSample` values and knows nothing of Prometheus: ``worker.telemetry`` publishes them.
 * A query a particular GPU does not support (``NVMLError_NotSupported``; e.g. data-centre parts without NVENC)
   leaves that one field ``None`` and its series absent; the other fields still report.
 """
@@ -17,8 +18,6 @@ import logging
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
-
-from worker.metrics import RenderMetrics, get_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -139,13 +138,6 @@ class GpuCollector:
         if what not in self._failed_once:
             self._failed_once.add(what)
             logger.warning("gpu telemetry: %s failed: %s", what, exc)
-
-    def update_metrics(self, metrics: RenderMetrics | None = None) -> list[GpuSample]:
-        """Sample and set the ``render_gpu_*`` gauges; returns the samples (empty without a GPU)."""
-        samples = self.sample()
-        if samples:
-            (metrics or get_metrics()).set_gpu_samples(samples)
-        return samples
 
     def _shutdown(self) -> None:
         try:
