@@ -18,6 +18,7 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
@@ -165,7 +166,7 @@ class RenderMetrics:
         self.gpu_memory_used = gpu_gauge("render_gpu_memory_used_bytes", "GPU memory in use")
         self.gpu_memory_total = gpu_gauge("render_gpu_memory_total_bytes", "GPU memory installed")
 
-    _LAZY_GAUGES = {
+    _LAZY_GAUGES: dict[str, tuple[str, str, Literal["livemax", "livemostrecent"]]] = {
         "nvenc_available": (
             "render_nvenc_available",
             "1 when the NVENC probe passed in a live worker process of this host, else 0 (absent: RENDER_NVENC=off).",
