@@ -274,6 +274,20 @@ def check_refusal(err: InvalidJob, raw: Any) -> None:
     check_message(err.message, raw)
 
 
+def message_of(job: Job) -> dict[str, Any]:
+    """The job message that says what ``job`` says (what the API would send for it)."""
+    return {
+        "version": 1,
+        "render_id": job.render_id,
+        "asset_id": job.asset_id,
+        "cut_id": job.cut_id,
+        "source": {"uri": job.source_uri},
+        "segments": None if job.segments is None else [{"start": s.start, "end": s.end} for s in job.segments],
+        "output": job.output.to_dict(),
+        "webhook": None if job.webhook is None else {"url": job.webhook.url, "secret": job.webhook.secret},
+    }
+
+
 @settings(FUZZ, max_examples=3000)
 @given(raw=messages, private=st.booleans(), fenced=st.booleans())
 def test_parse_job_gives_a_job_or_a_short_secret_free_invalid_job(raw: Any, private: bool, fenced: bool) -> None:
@@ -287,7 +301,7 @@ def test_parse_job_gives_a_job_or_a_short_secret_free_invalid_job(raw: Any, priv
     assert all(is_id(v) for v in (job.render_id, job.asset_id)) and (job.cut_id is None or is_id(job.cut_id))
     # A job that passed intake says the same thing when sent again.
     again = parse_job(
-        job.to_message(), max_segments=MAX_SEGMENTS, allow_private_webhooks=private, source_buckets=buckets
+        message_of(job), max_segments=MAX_SEGMENTS, allow_private_webhooks=private, source_buckets=buckets
     )
     assert again == job
 

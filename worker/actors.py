@@ -1,28 +1,43 @@
 """Thin Dramatiq actors over the pipeline: the only module that knows Dramatiq.
 
-Importing this module builds the Redis broker from the ``RENDER_*`` settings
-and declares two actors:
+Importing this module builds nothing and reads no setting. :func:`setup` does
+that, once per process: it reads the ``RENDER_*`` settings, builds the Redis
+broker with its middleware, makes it Dramatiq's global broker and declares two
+actors on it:
 
 * ``render`` on ``RENDER_QUEUE``: one job message in, :func:`pipeline.process`;
 * ``deliver_webhook`` on ``RENDER_WEBHOOK_QUEUE``: one signed POST per attempt,
   retried by Dramatiq with its own bounded backoff, so a slow receiver never
   holds up a render.
 
-Start workers with ``render-worker`` (or ``dramatiq worker.actors``).
+Who calls :func:`setup`:
+
+* ``render-worker`` hands Dramatiq ``worker.actors:setup``, a callable Dramatiq's
+  CLI runs in each worker process before it reads the global broker;
+* ``dramatiq worker.actors`` (the module without ``:setup``) leaves Dramatiq no
+  hook but the import itself: its CLI reads the global broker right after
+  importing the module. So the last lines below call :func:`setup` when, and
+  only when, the process is Dramatiq's own CLI (``sys.argv[0]`` is ``dramatiq``).
+  Every other importer (``render-cli``, tests, ``render-worker``'s parent) gets a
+  module with no broker and no settings read.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import re
+import sys
 import threading
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.common import current_millis, dq_name
 from dramatiq.middleware import CurrentMessage, Middleware
 
 from worker import pipeline, webhooks
@@ -33,8 +48,6 @@ from worker.settings import Settings, load
 from worker.storage.s3 import S3Storage
 
 log = logging.getLogger(__name__)
-
-settings: Settings = load()
 
 _SECRET = re.compile(r"whsec_[A-Za-z0-9+/=_-]*")
 
@@ -54,18 +67,21 @@ class RedactSecrets(logging.Filter):
         return True
 
 
-for _name in ("dramatiq.worker.WorkerThread", "dramatiq.worker.ConsumerThread"):
-    logging.getLogger(_name).addFilter(RedactSecrets())
+def _install_log_filters() -> None:
+    for name in ("dramatiq.worker.WorkerThread", "dramatiq.worker.ConsumerThread"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactSecrets) for f in logger.filters):
+            logger.addFilter(RedactSecrets())
 
 
 class GracefulShutdown(Middleware):
     """On SIGTERM, let the current render finish for ``shutdown_timeout_s``, then stop it.
 
     The stopped render raises :class:`~worker.errors.Cancelled`, which is
-    transient: the pipeline releases its lease and Dramatiq's retry puts the
-    message back on the queue for another worker. A second signal makes
-    Dramatiq exit at once; ffmpeg dies with its parent (see ffmpeg.py) and the
-    unacked message is requeued once the broker notices the missing heartbeat.
+    transient: the pipeline releases its lease and the actor puts the message
+    back on the queue for another worker. A second signal makes Dramatiq exit
+    at once; ffmpeg dies with its parent (see ffmpeg.py) and the unacked message
+    is requeued by another worker's :class:`RequeueSweep`.
     """
 
     def __init__(self, timeout_s: float) -> None:
@@ -80,11 +96,190 @@ class GracefulShutdown(Middleware):
         self._timer.start()
 
 
+def sweep(broker: RedisBroker, queues: list[str]) -> None:
+    """Requeue the unacked messages of dead workers on ``queues``, now.
+
+    This is Dramatiq's own maintenance step (in its ``dispatch`` Lua script): a
+    worker whose heartbeat is older than the broker's ``heartbeat_timeout`` is
+    dead, and the messages it fetched but never acked go back on their queue.
+    Dramatiq runs it only by chance (``maintenance_chance`` per million broker
+    calls), so after a crash the message could wait for hours; here it is asked
+    for explicitly, through the same script with its ``do_maintenance`` flag
+    set. The call also refreshes this worker's own heartbeat.
+    """
+    script = broker.scripts["dispatch"]
+    for queue in queues:
+        # dispatch(args=[command, timestamp, queue, worker id, heartbeat timeout, dead message ttl,
+        #                do_maintenance, max unpack size], keys=[namespace]); "qsize" only reads.
+        args = [
+            "qsize",
+            current_millis(),
+            queue,
+            broker.broker_id,
+            broker.heartbeat_timeout,
+            broker.dead_message_ttl,
+            1,
+            broker._max_unpack_size(),
+        ]
+        script(args=args, keys=[broker.namespace])
+
+
+class RequeueSweep(Middleware):
+    """Run :func:`sweep` every ``interval_s`` in every worker process, so crash recovery has a bound.
+
+    A render whose worker died is back on its queue within ``heartbeat timeout +
+    interval`` (60 s + 15 s by default) and taken over once its lease has lapsed
+    (``RENDER_LEASE_TTL_S``, shorter than that), whatever the traffic.
+    """
+
+    #: Switch for the test that shows crash recovery depends on the timer.
+    enabled = True
+
+    def __init__(self, queues: list[str], interval_s: float) -> None:
+        self.queues = queues
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def after_worker_boot(self, broker: Any, worker: Any) -> None:
+        if not self.enabled:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, args=(broker,), name="requeue-sweep", daemon=True)
+        self._thread.start()
+
+    def before_worker_shutdown(self, broker: Any, worker: Any) -> None:
+        self._stop.set()
+
+    def _run(self, broker: RedisBroker) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                sweep(broker, self.queues)
+            except redis.RedisError as exc:  # Redis away: the consumers notice too; try again next time
+                log.warning("requeue sweep failed: %s", exc)
+
+
 def _retry_when(max_retries: int) -> Any:
     def retry_when(retries: int, exc: BaseException) -> bool:
         return isinstance(exc, RenderError) and exc.transient and retries < max_retries
 
     return retry_when
+
+
+def build_broker(s: Settings) -> RedisBroker:
+    broker = RedisBroker(
+        url=s.redis_url,
+        heartbeat_timeout=s.broker_heartbeat_timeout_ms,
+        maintenance_chance=s.broker_maintenance_chance,
+    )
+    broker.add_middleware(CurrentMessage())
+    broker.add_middleware(GracefulShutdown(s.shutdown_timeout_s))
+    queues = [s.queue, dq_name(s.queue), s.webhook_queue, dq_name(s.webhook_queue)]
+    broker.add_middleware(RequeueSweep(queues, s.broker_sweep_interval_s))
+    from worker import telemetry  # the one import point of the metrics side
+
+    telemetry.install(broker, s)
+    return broker
+
+
+class WebhookNotDelivered(RenderError):
+    transient = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+    """What :func:`setup` built for this process."""
+
+    settings: Settings
+    broker: RedisBroker
+    render: dramatiq.Actor[..., None]
+    deliver_webhook: dramatiq.Actor[..., None]
+
+
+_runtime: Runtime | None = None
+_setup_lock = threading.Lock()
+
+
+def setup(settings: Settings | None = None) -> RedisBroker:
+    """Read the settings, build the broker, declare the actors; once per process (later calls return it)."""
+    global _runtime
+    with _setup_lock:
+        if _runtime is not None:
+            return _runtime.broker
+        s = settings or load()
+        _install_log_filters()
+        broker = build_broker(s)
+        dramatiq.set_broker(broker)
+        render_actor = dramatiq.actor(
+            actor_name="render",
+            queue_name=s.queue,
+            broker=broker,
+            max_retries=s.max_retries,
+            min_backoff=s.retry_min_backoff_ms,
+            max_backoff=s.retry_max_backoff_ms,
+            retry_when=_retry_when(s.max_retries),
+            # A message with no render id has nowhere to report to: straight to the
+            # dead-letter queue, never retried.
+            throws=(pipeline.UnrecordableJob,),
+            # The pipeline enforces RENDER_TIME_LIMIT_S itself and stops ffmpeg; this is
+            # only a backstop for a thread stuck outside ffmpeg.
+            time_limit=int((s.time_limit_s + 600) * 1000),
+        )(_render)
+        webhook_retries = max(0, s.webhook_max_attempts - 1)
+        webhook_actor = dramatiq.actor(
+            actor_name="deliver_webhook",
+            queue_name=s.webhook_queue,
+            broker=broker,
+            max_retries=webhook_retries,
+            min_backoff=s.webhook_min_backoff_ms,
+            max_backoff=s.webhook_max_backoff_ms,
+            retry_when=_retry_when(webhook_retries),
+        )(_deliver_webhook)
+        _runtime = Runtime(s, broker, render_actor, webhook_actor)
+        return broker
+
+
+def runtime() -> Runtime:
+    """This process's broker, settings and actors; :func:`setup` must have run."""
+    if _runtime is None:
+        raise RuntimeError("worker.actors.setup() has not run in this process")
+    return _runtime
+
+
+def _shutdown_event() -> threading.Event | None:
+    for mw in runtime().broker.middleware:
+        if isinstance(mw, GracefulShutdown):
+            return mw.cancel
+    return None
+
+
+@functools.cache
+def _redis() -> redis.Redis:
+    """This worker process's Redis client (built after the fork; thread-safe, pooled)."""
+    return redis.Redis.from_url(runtime().settings.redis_url, decode_responses=True)
+
+
+@functools.cache
+def _deps() -> pipeline.Deps:
+    """Collaborators, built once per worker process (after the fork)."""
+    from worker import telemetry
+
+    settings = runtime().settings
+    return pipeline.Deps(
+        settings=settings,
+        records=RedisRecordStore(_redis(), ttl_s=settings.record_ttl_s),
+        storage=S3Storage(settings),
+        send_event=enqueue_event,
+        observer=telemetry.PipelineObserver(),
+    )
+
+
+def enqueue_event(
+    event_type: str, render_id: str, asset_id: str, webhook: Webhook | None, extra: Mapping[str, Any]
+) -> None:
+    if webhook is None:
+        return
+    runtime().deliver_webhook.send(event_type, render_id, asset_id, webhook.url, webhook.secret, dict(extra))
 
 
 def _requeue(message: Any, delay_ms: int, why: str) -> None:
@@ -101,86 +296,11 @@ def _requeue(message: Any, delay_ms: int, why: str) -> None:
     """
     requeues = int(message.options.get("requeues", 0)) + 1
     log.info("render message %s: %s; back on the queue in %d ms", message.message_id, why, delay_ms)
-    broker.enqueue(message.copy(options={"requeues": requeues}), delay=delay_ms)
+    runtime().broker.enqueue(message.copy(options={"requeues": requeues}), delay=delay_ms)
 
 
-def build_broker(s: Settings) -> RedisBroker:
-    broker = RedisBroker(
-        url=s.redis_url,
-        heartbeat_timeout=s.broker_heartbeat_timeout_ms,
-        maintenance_chance=s.broker_maintenance_chance,
-    )
-    broker.add_middleware(CurrentMessage())
-    broker.add_middleware(GracefulShutdown(s.shutdown_timeout_s))
-    try:
-        from worker import metrics
-
-        metrics.install(broker, s)
-    except ImportError:  # pragma: no cover - metrics are part of the package
-        log.warning("metrics module not available")
-    return broker
-
-
-broker = build_broker(settings)
-dramatiq.set_broker(broker)
-
-
-def _shutdown_event() -> threading.Event | None:
-    for mw in broker.middleware:
-        if isinstance(mw, GracefulShutdown):
-            return mw.cancel
-    return None
-
-
-@functools.cache
-def _redis() -> redis.Redis:
-    """This worker process's Redis client (built after the fork; thread-safe, pooled)."""
-    return redis.Redis.from_url(settings.redis_url, decode_responses=True)
-
-
-@functools.cache
-def _deps() -> pipeline.Deps:
-    """Collaborators, built once per worker process (after the fork)."""
-    client = _redis()
-    observer: pipeline.Observer
-    try:
-        from worker import metrics
-
-        observer = metrics.PipelineObserver()
-    except (ImportError, AttributeError):
-        observer = pipeline.Observer()
-    return pipeline.Deps(
-        settings=settings,
-        records=RedisRecordStore(client, ttl_s=settings.record_ttl_s),
-        storage=S3Storage(settings),
-        send_event=enqueue_event,
-        observer=observer,
-    )
-
-
-def enqueue_event(
-    event_type: str, render_id: str, asset_id: str, webhook: Webhook | None, extra: Mapping[str, Any]
-) -> None:
-    if webhook is None:
-        return
-    deliver_webhook.send(event_type, render_id, asset_id, webhook.url, webhook.secret, dict(extra))
-
-
-@dramatiq.actor(
-    actor_name="render",
-    queue_name=settings.queue,
-    max_retries=settings.max_retries,
-    min_backoff=settings.retry_min_backoff_ms,
-    max_backoff=settings.retry_max_backoff_ms,
-    retry_when=_retry_when(settings.max_retries),
-    # A message with no render id has nowhere to report to: straight to the
-    # dead-letter queue, never retried.
-    throws=(pipeline.UnrecordableJob,),
-    # The pipeline enforces RENDER_TIME_LIMIT_S itself and stops ffmpeg; this is
-    # only a backstop for a thread stuck outside ffmpeg.
-    time_limit=int((settings.time_limit_s + 600) * 1000),
-)
-def render(message: Any) -> None:
+def _render(message: Any) -> None:
+    settings = runtime().settings
     current = CurrentMessage.get_current_message()
     retries = current.options.get("retries", 0) if current is not None else 0
     try:
@@ -208,23 +328,11 @@ def render(message: Any) -> None:
     log.info("render message %s: %s", current.message_id if current is not None else "?", outcome.value)
 
 
-class WebhookNotDelivered(RenderError):
-    transient = True
-
-
-@dramatiq.actor(
-    actor_name="deliver_webhook",
-    queue_name=settings.webhook_queue,
-    max_retries=max(0, settings.webhook_max_attempts - 1),
-    min_backoff=settings.webhook_min_backoff_ms,
-    max_backoff=settings.webhook_max_backoff_ms,
-    retry_when=_retry_when(max(0, settings.webhook_max_attempts - 1)),
-)
-def deliver_webhook(
+def _deliver_webhook(
     event_type: str, render_id: str, asset_id: str, url: str, secret: str, extra: dict[str, Any]
 ) -> None:
-    deps = _deps()
-    observer = deps.observer
+    settings = runtime().settings
+    observer = _deps().observer
     msg_id = webhooks.event_id(render_id, event_type)
     client = _redis()
     done_key = f"render:{render_id}:delivered:{event_type}"
@@ -253,3 +361,31 @@ def _observe_webhook(observer: Any, outcome: str) -> None:
     fn = getattr(observer, "webhook", None)
     if fn is not None:
         fn(outcome)
+
+
+def send_render(settings: Settings, message: Mapping[str, Any]) -> str:
+    """Queue one render job from outside a worker (``render-cli enqueue``); returns the message id.
+
+    A plain broker on ``RENDER_REDIS_URL``: no :func:`setup`, so no worker middleware in a CLI process.
+    """
+    broker = RedisBroker(url=settings.redis_url)
+    try:
+        msg: dramatiq.Message[Any] = dramatiq.Message(
+            queue_name=settings.queue, actor_name="render", args=(dict(message),), kwargs={}, options={}
+        )
+        broker.enqueue(msg)
+        return msg.message_id
+    finally:
+        broker.close()
+
+
+def _started_by_dramatiq_cli() -> bool:
+    """Whether this process is ``dramatiq worker.actors`` (see the module docstring)."""
+    argv0 = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path()
+    by_name = argv0.name in {"dramatiq", "dramatiq-gevent"}
+    by_module = argv0.name == "__main__.py" and argv0.parent.name == "dramatiq"  # python -m dramatiq
+    return "dramatiq.cli" in sys.modules and (by_name or by_module)
+
+
+if _started_by_dramatiq_cli():
+    setup()

@@ -7,10 +7,14 @@ so scripts can tell bad input (2) from bad media (3) from encoder trouble (4).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shlex
+import signal
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -135,8 +139,80 @@ class _Progress:
             self.bar.__exit__(*exc)
 
 
-@click.group()
-@click.version_option(package_name="render-worker")
+#: ``-h`` as well as ``--help``, on every command (subcommands inherit a group's context settings).
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+#: Exit status after SIGINT (Ctrl-C), as shells report a process killed by it.
+EXIT_SIGINT = 128 + signal.SIGINT
+#: Where ``--webhook-secret`` is also read from: not a RENDER_* name, since settings.py is the only reader of those.
+WEBHOOK_SECRET_ENV = "WEBHOOK_SECRET"
+
+
+def version_option(func: Any) -> Any:
+    return click.version_option(package_name="render-worker")(func)
+
+
+class Group(click.Group):
+    """Ctrl-C anywhere in a command exits 130, not click's 1 ("Aborted!")."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            raise click.exceptions.Exit(EXIT_SIGINT) from None
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived during a render, which was cancelled and cleaned up."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def cancel_on_signals() -> Iterator[tuple[threading.Event, list[int]]]:
+    """SIGINT and SIGTERM cancel the render through its cancel event instead of killing the process.
+
+    The default SIGTERM ends Python at once, leaving ffmpeg's ``.partial`` output and the render's scratch
+    directory behind; cancelling lets :func:`worker.render.render` stop ffmpeg and remove both. Yields the
+    event and a list that receives the signal's number. Only the main thread may install handlers, so
+    elsewhere (a test's thread) nothing is installed.
+    """
+    cancel = threading.Event()
+    got: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        got.append(signum)
+        cancel.set()
+
+    if threading.current_thread() is not threading.main_thread():
+        yield cancel, got
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield cancel, got
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def check_output_path(source: Path, output: Path, force: bool) -> None:
+    """Refuse to write over the source, ever, and over an existing file unless ``force``."""
+    same = source.resolve() == output.resolve()
+    if not same and output.exists() and source.exists():
+        with contextlib.suppress(OSError):
+            same = os.path.samefile(source, output)  # a hard link or another name for the source
+    if same:
+        raise InvalidJob(f"the output {output} is the source itself; choose another output path")
+    if output.exists() and not force:
+        raise InvalidJob(f"the output {output} exists; pass --force to replace it")
+    if output.is_dir():
+        raise InvalidJob(f"the output {output} is a directory")
+
+
+@click.group(cls=Group, context_settings=CONTEXT)
+@version_option
 def main() -> None:
     """Render cut plans with the worker's pipeline, on local files or through the queue."""
     # Every command starts by validating every RENDER_* setting, so a bad value
@@ -151,8 +227,10 @@ def main() -> None:
 @click.argument("source", type=click.Path(dir_okay=False, path_type=Path))
 @output_options
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists (never the source).")
 @click.option("--nvenc", type=click.Choice(["auto", "off"]), default=None, help="Override RENDER_NVENC.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
+@version_option
 def render(
     source: Path,
     cut: Path | None,
@@ -161,20 +239,38 @@ def render(
     video_bitrate: str | None,
     audio_bitrate: str | None,
     output: Path,
+    force: bool,
     nvenc: str | None,
     quiet: bool,
 ) -> None:
-    """Render SOURCE through a cut plan into OUTPUT; prints the result as JSON."""
+    """Render SOURCE through a cut plan into OUTPUT; prints the result as JSON.
+
+    SIGINT (Ctrl-C) and SIGTERM stop the render and remove its partial output; the exit status is then
+    128 + the signal's number (130 for Ctrl-C).
+    """
+    from worker.errors import Cancelled
     from worker.render import render as do_render
 
     settings = Settings.from_env()
     if nvenc:
         settings = settings.replace(nvenc=nvenc)
     try:
+        check_output_path(source, output, force)
         segments = load_plan(cut, settings.max_segments)
         spec = output_spec(fmt, resolution, _int(video_bitrate), _int(audio_bitrate))
-        with _Progress(not quiet) as progress:
-            result = do_render(source, segments, spec, output, settings=settings, on_progress=progress)
+        with cancel_on_signals() as (cancel, got), _Progress(not quiet) as progress:
+            try:
+                result = do_render(
+                    source, segments, spec, output, settings=settings, on_progress=progress, cancel=cancel
+                )
+            except Cancelled:
+                if got:
+                    raise Interrupted(got[0]) from None
+                raise
+            # A signal that came after ffmpeg had finished found nothing left to stop: the output is whole.
+    except Interrupted as stop:
+        click.echo(f"stopped by {stop}: the render was cancelled and its partial output removed", err=True)
+        raise click.exceptions.Exit(128 + stop.signum) from None
     except RenderError as err:
         fail(err)
     click.echo(json.dumps(result.to_dict(), indent=2))
@@ -184,6 +280,7 @@ def render(
 
 @main.command()
 @click.argument("source", type=click.Path(dir_okay=False, path_type=Path))
+@version_option
 def probe(source: Path) -> None:
     """Print what the probe sees in SOURCE, as JSON."""
     from worker.probe import probe as do_probe
@@ -200,6 +297,7 @@ def probe(source: Path) -> None:
 @output_options
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("out.render"))
 @click.option("--variant", type=click.Choice(presets_mod.VARIANTS), default="cpu")
+@version_option
 def graph(
     source: Path,
     cut: Path | None,
@@ -232,6 +330,7 @@ def graph(
 
 
 @main.command(name="presets")
+@version_option
 def presets_cmd() -> None:
     """List the encoding presets and the option tiers, as JSON."""
     import dataclasses
@@ -278,7 +377,20 @@ def _queue_main_guard(exc: Exception) -> NoReturn:
 @click.option("--asset-id", default=None, help="Defaults to one derived from the render id.")
 @click.option("--cut-id", default=None)
 @click.option("--webhook-url", default=None)
-@click.option("--webhook-secret", default=None, help="whsec_... (required with --webhook-url)")
+@click.option(
+    "--webhook-secret",
+    default=None,
+    envvar=WEBHOOK_SECRET_ENV,
+    show_envvar=True,
+    help="whsec_... (required with --webhook-url); prefer the variable or --webhook-secret-file, which ps cannot see.",
+)
+@click.option(
+    "--webhook-secret-file",
+    type=click.File("r"),
+    default=None,
+    help="A file holding the whsec_... secret (its first line).",
+)
+@version_option
 def enqueue(
     source_uri: str,
     cut: Path | None,
@@ -290,14 +402,21 @@ def enqueue(
     cut_id: str | None,
     webhook_url: str | None,
     webhook_secret: str | None,
+    webhook_secret_file: Any,
 ) -> None:
     """Create a pending render of SOURCE_URI and queue it; prints the render id alone."""
     from worker import actors
     from worker.jobs import parse_job
     from worker.records import RedisRecordStore, now_iso
 
-    settings = actors.settings
+    settings = Settings.from_env(warn_unknown=False)  # the group checked (and warned about) them already
     render_id = new_render_id()
+    if webhook_secret_file is not None:
+        if webhook_secret is not None:
+            raise click.UsageError(
+                f"give the webhook secret once: --webhook-secret{'/' + WEBHOOK_SECRET_ENV} or --webhook-secret-file"
+            )
+        webhook_secret = (webhook_secret_file.readline(1024) or "").strip() or None
     try:
         segments = load_plan(cut, settings.max_segments)
         message: dict[str, Any] = {
@@ -330,7 +449,7 @@ def enqueue(
             {"asset_id": job.asset_id, "cut_id": job.cut_id, "output": job.output.to_dict(), "created_at": now_iso()},
         )
         try:
-            actors.render.send(message)
+            actors.send_render(settings, message)
         except Exception as exc:
             # Never leave a pending record that no job will ever move.
             why = f"the job could not be queued: {type(exc).__name__}: {exc}"[:300]
@@ -360,6 +479,7 @@ def read_status(render_id: str, settings: Settings | None = None) -> dict[str, A
 
 @main.command()
 @click.argument("render_id")
+@version_option
 def status(render_id: str) -> None:
     """Print the render record as JSON, with a fresh download_url once completed."""
     try:
@@ -379,7 +499,8 @@ def dramatiq_argv(settings: Settings, processes: int, threads: int) -> list[str]
     # cleanly rather than abandoned.
     shutdown_ms = int((settings.shutdown_timeout_s + 30) * 1000)
     return [
-        "worker.actors",
+        # A callable: Dramatiq runs it in each worker process, and it builds the broker there.
+        "worker.actors:setup",
         "--processes",
         str(processes),
         "--threads",
@@ -392,9 +513,20 @@ def dramatiq_argv(settings: Settings, processes: int, threads: int) -> list[str]
     ]
 
 
-def run_worker(processes: int, threads: int) -> NoReturn:
-    import os
+def startup_checks(settings: Settings) -> None:
+    """What a worker needs before it takes a job: an ffmpeg new enough, and an S3 client with credentials.
 
+    A worker that passed these and reported ready could otherwise fail every job it takes (encode_failed on
+    an old ffmpeg, storage_failed six times over on missing credentials).
+    """
+    from worker import ffmpeg
+    from worker.storage.s3 import check_config
+
+    ffmpeg.check_binary(settings.ffmpeg_path or None)
+    check_config(settings)
+
+
+def run_worker(processes: int, threads: int) -> NoReturn:
     # Each consumer holds at most one message per thread, the running ones
     # included, so a long render never sits on jobs that idle workers could take.
     # Dramatiq reads this variable once, when dramatiq.worker is imported (and
@@ -406,14 +538,12 @@ def run_worker(processes: int, threads: int) -> NoReturn:
 
     try:
         settings = Settings.from_env()  # refuse to start on a bad setting, before any process forks
+        startup_checks(settings)
     except RenderError as err:
         fail(err)
-    try:
-        from worker import metrics
+    from worker import telemetry
 
-        metrics.prepare_multiprocess_dir(settings)
-    except ImportError:  # pragma: no cover
-        pass
+    telemetry.prepare_multiprocess_dir(settings)
     args = dramatiq_cli.make_argument_parser().parse_args(dramatiq_argv(settings, processes, threads))
     sys.exit(dramatiq_cli.main(args))
 
@@ -421,14 +551,16 @@ def run_worker(processes: int, threads: int) -> NoReturn:
 @main.command(name="worker")
 @click.option("--processes", "-p", type=click.IntRange(1, 256), default=1, show_default=True)
 @click.option("--threads", "-t", type=click.IntRange(1, 64), default=1, show_default=True)
+@version_option
 def worker_cmd(processes: int, threads: int) -> None:
     """Start a render worker (same as the render-worker command)."""
     run_worker(processes, threads)
 
 
-@click.command()
+@click.command(context_settings=CONTEXT)
 @click.option("--processes", "-p", type=click.IntRange(1, 256), default=1, show_default=True)
 @click.option("--threads", "-t", type=click.IntRange(1, 64), default=1, show_default=True)
+@version_option
 def worker_main(processes: int, threads: int) -> None:
     """Start a render worker: Dramatiq on RENDER_REDIS_URL, consuming RENDER_QUEUE."""
     run_worker(processes, threads)

@@ -10,12 +10,12 @@ Tree::
     RenderError                     code, message, transient
     ├── InvalidJob                  invalid_job          (permanent)
     ├── SourceError                 source_* codes       (permanent)
-    ├── EncodeError                 encode_failed        (permanent unless told)
-    │   └── NvencUnavailable        encode_failed        (transient: falls back to CPU)
+    ├── EncodeError                 encode_failed        (permanent; an NVENC one falls back to CPU in the job)
     ├── StorageError                storage_failed       (transient until retries run out)
     ├── RenderTimeout               timeout              (permanent)
     ├── Cancelled                   internal_error       (the job was asked to stop)
-    └── ConfigError                 internal_error       (a bad RENDER_* setting: stops the process)
+    └── ConfigError                 internal_error       (the operator's: a bad RENDER_* setting stops the
+                                                          process; missing credentials fail the job once)
 
 ``transient`` is what the queue layer uses to decide whether to retry.
 """
@@ -139,12 +139,6 @@ class EncodeError(RenderError):
     code = ErrorCode.ENCODE_FAILED
 
 
-class NvencUnavailable(EncodeError):
-    """NVENC could not open a session or failed mid-encode; the CPU preset takes over."""
-
-    transient = True
-
-
 class StorageError(RenderError):
     code = ErrorCode.STORAGE_FAILED
     transient = True
@@ -162,6 +156,10 @@ class Cancelled(RenderError):
 
 
 class ConfigError(RenderError):
-    """A ``RENDER_*`` setting has a bad value: the process must not start (never a job's fault)."""
+    """The deployment is misconfigured (a bad ``RENDER_*`` value, no credentials): never the job's fault.
+
+    Permanent: retrying cannot fix it. At start-up it stops the process; met during a job, it fails the job
+    once with ``internal_error`` instead of being retried as if storage were down.
+    """
 
     code = ErrorCode.INTERNAL_ERROR

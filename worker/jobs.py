@@ -79,18 +79,6 @@ class Job:
     output: OutputSpec
     webhook: Webhook | None
 
-    def to_message(self) -> dict[str, Any]:
-        return {
-            "version": VERSION,
-            "render_id": self.render_id,
-            "asset_id": self.asset_id,
-            "cut_id": self.cut_id,
-            "source": {"uri": self.source_uri},
-            "segments": None if self.segments is None else [{"start": s.start, "end": s.end} for s in self.segments],
-            "output": self.output.to_dict(),
-            "webhook": None if self.webhook is None else {"url": self.webhook.url, "secret": self.webhook.secret},
-        }
-
 
 def is_id(value: Any) -> bool:
     """Whether ``value`` is a usable identifier (the whole string, so no trailing newline)."""

@@ -57,6 +57,11 @@ _BOTO_ERRORS: tuple[type[BaseException], ...] = (
     s3transfer.exceptions.S3UploadFailedError,
     s3transfer.exceptions.S3DownloadFailedError,
 )
+#: Missing or half-set credentials: a configuration error, never retried.
+_CREDENTIAL_ERRORS: tuple[type[BaseException], ...] = (
+    botocore.exceptions.NoCredentialsError,
+    botocore.exceptions.PartialCredentialsError,
+)
 _NOT_FOUND_CODES = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
 _DENIED_CODES = {"403", "AccessDenied", "Forbidden", "AllAccessDisabled"}
 
@@ -95,6 +100,29 @@ def build_client(
     return session.client("s3", endpoint_url=settings.s3_endpoint_url or None, config=config)
 
 
+def check_config(settings: Settings, *, session: boto3.session.Session | None = None) -> None:
+    """At start-up: the S3 client builds from the settings and credentials are there to sign with.
+
+    Raises :class:`ConfigError` naming what is wrong, so a worker that could never store an output refuses
+    to start instead of failing every job.
+    """
+    session = session or boto3.session.Session()
+    try:
+        build_client(settings, session=session)
+        credentials = session.get_credentials()
+    except ConfigError:
+        raise
+    except (botocore.exceptions.BotoCoreError, ValueError) as exc:
+        raise ConfigError(
+            f"the S3 client cannot be built from RENDER_S3_* settings (RENDER_S3_ENDPOINT_URL="
+            f"{settings.s3_endpoint_url!r}, RENDER_S3_REGION={settings.s3_region!r}): {exc}"
+        ) from exc
+    if credentials is None:
+        raise ConfigError(
+            "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, or a role)"
+        )
+
+
 def _describe(exc: BaseException) -> tuple[str, int | None]:
     """The S3 error code and HTTP status of a boto error, when it carries them."""
     if isinstance(exc, botocore.exceptions.ClientError):
@@ -113,6 +141,13 @@ def translate(exc: BaseException, what: str, *, source: bool = False) -> RenderE
     timeouts, 5xx, throttling, and any error on our own output bucket) is a
     transient ``storage_failed``.
     """
+    if isinstance(exc, _CREDENTIAL_ERRORS):
+        # The operator's to fix, not an outage: retrying cannot make credentials appear.
+        return ConfigError(
+            f"{what}: no usable S3 credentials ({type(exc).__name__}); a configuration error: set"
+            " AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile or a role",
+            detail=str(exc),
+        )
     code, status = _describe(exc)
     if source and (code in _NOT_FOUND_CODES or status == 404):
         return not_found(what, detail=str(exc))
