@@ -472,7 +472,7 @@ def _get(url: str) -> tuple[int, str]:
 
 @pytest.mark.services
 @pytest.mark.slow
-def test_dramatiq_cli_serves_everything_on_one_port(redis_url: str, tmp_path: Path) -> None:
+def test_dramatiq_cli_serves_everything_on_one_port(redis_url: str, s3_server: Any, tmp_path: Path) -> None:
     import dramatiq
     import redis
     from dramatiq.brokers.redis import RedisBroker
@@ -489,6 +489,12 @@ def test_dramatiq_cli_serves_everything_on_one_port(redis_url: str, tmp_path: Pa
         RENDER_METRICS_HOST="127.0.0.1",
         RENDER_METRICS_DIR=str(metrics_dir),
         RENDER_QUEUE_DEPTH_INTERVAL_S="0.2",
+        # /readyz also needs the output bucket to answer
+        RENDER_S3_ENDPOINT_URL=s3_server.endpoint_url,
+        RENDER_OUTPUT_BUCKET=s3_server.create_bucket(),
+        AWS_ACCESS_KEY_ID=s3_server.access_key,
+        AWS_SECRET_ACCESS_KEY=s3_server.secret_key,
+        AWS_DEFAULT_REGION=s3_server.region,
         dramatiq_prom_port=str(_free_port()),  # were Dramatiq's own server started, it would show up here
     )
 
@@ -535,7 +541,10 @@ def test_dramatiq_cli_serves_everything_on_one_port(redis_url: str, tmp_path: Pa
         assert _value(s, "render_build_info", version=_version()) == 1
         assert not [k for k in s if k[0].startswith("render_gpu_")] or _nvml_works()
         assert _get(base + "/healthz")[0] == 200
-        assert _get(base + "/readyz")[0] == 200
+        assert _wait_ready(base + "/readyz")
+        assert _value(s, "render_queue_consumers", queue="render") == 2  # both worker processes consume it
+        # No actor here consumes the webhook queue: its ready jobs have no consumer series (RenderNoWorkerConsuming).
+        assert not [k for k in s if k[0] == "render_queue_consumers" and ("queue", "render-webhooks") in k[1]]
         with pytest.raises(OSError):  # Dramatiq's own exposition server was not started
             urllib.request.urlopen(f"http://127.0.0.1:{env['dramatiq_prom_port']}/", timeout=2)
         assert not (metrics_dir / "counter_999999.db").exists(), "stale files of an earlier run are removed"
@@ -552,6 +561,15 @@ def test_dramatiq_cli_serves_everything_on_one_port(redis_url: str, tmp_path: Pa
     assert proc.returncode == 0, out
     # Worker processes and the telemetry process removed their live gauges on the way out.
     assert not list(metrics_dir.glob("gauge_live*.db")), textwrap.shorten(str(list(metrics_dir.iterdir())), 500)
+
+
+def _wait_ready(url: str, timeout_s: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if _get(url)[0] == 200:
+            return True
+        time.sleep(0.2)
+    return False
 
 
 def _converged(s: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> bool:

@@ -57,12 +57,13 @@ def redis_check(url: str, timeout_s: float = READINESS_TIMEOUT_S) -> Check:
     return check
 
 
-def storage_check(settings: Settings, timeout_s: float = READINESS_TIMEOUT_S) -> Check:
+def storage_check(settings: Settings, timeout_s: float = READINESS_TIMEOUT_S, *, session: Any = None) -> Check:
     """HEAD the output bucket once: the cheapest call that proves the store answers for the bucket we write to.
 
     A 403 counts as reachable: the store answered, and a worker's policy may allow writing objects but not
     ``s3:ListBucket`` (which HeadBucket needs); real permission errors surface on upload. A missing bucket (404),
-    a connection error, a timeout or missing credentials count as unreachable.
+    a connection error, a timeout or missing credentials count as unreachable. ``session``: a boto3 session (tests);
+    by default the standard ``AWS_*`` credentials chain.
     """
     client: Any = None
 
@@ -73,7 +74,9 @@ def storage_check(settings: Settings, timeout_s: float = READINESS_TIMEOUT_S) ->
         from worker.storage.s3 import build_client
 
         if client is None:
-            client = build_client(settings, botocore_attempts=1, connect_timeout_s=timeout_s, read_timeout_s=timeout_s)
+            client = build_client(
+                settings, session=session, botocore_attempts=1, connect_timeout_s=timeout_s, read_timeout_s=timeout_s
+            )
         try:
             client.head_bucket(Bucket=settings.output_bucket)
         except botocore.exceptions.ClientError as exc:
