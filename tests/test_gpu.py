@@ -586,3 +586,37 @@ def _version() -> str:
     from worker.telemetry import build_version
 
     return build_version()
+
+
+@pytest.mark.services
+def test_telemetry_loop_reports_queues_nobody_consumes_and_gpu_samples(redis_url: str) -> None:
+    """Jobs sent to a queue no worker is configured for (a RENDER_QUEUE typo) still show up in queue depth."""
+    import redis
+
+    from worker.telemetry import TelemetryLoop
+
+    client = redis.Redis.from_url(redis_url)
+    client.rpush("dramatiq:renders-typo", "a", "b")
+    client.rpush("dramatiq:render.DQ", "c")  # a delay list names its queue, which is one of ours anyway
+    client.sadd("dramatiq:__acks__.w1.render", "d")  # broker bookkeeping is not a queue
+    registry = CollectorRegistry()
+    loop = TelemetryLoop(client, ["render", "render-webhooks"], RenderMetrics(registry), gpu=GpuCollector(FakeNvml()))
+    loop.poll_once()
+    assert loop.polled_queues() == ["render", "render-webhooks", "renders-typo"]
+    s = _samples(generate_latest(registry).decode())
+    assert _value(s, "render_queue_depth", queue="renders-typo", state="ready") == 2
+    assert _value(s, "render_queue_depth", queue="render", state="ready") == 0
+    # The loop publishes what worker.gpu sampled (gpu.py itself knows nothing of Prometheus).
+    assert _value(s, "render_gpu_encoder_sessions", gpu="0", name="NVIDIA L4") == 3
+    loop.close()
+
+
+def test_gpu_sampler_knows_nothing_of_prometheus() -> None:
+    """No gpu.py <-> metrics import cycle: the sampler imports neither prometheus_client nor the telemetry package."""
+    import ast
+
+    tree = ast.parse((ROOT / "worker" / "gpu.py").read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert imported, "no imports found: the check would pass vacuously"
+    assert not {m for m in imported if m.startswith(("prometheus_client", "worker.telemetry", "worker.metrics"))}
