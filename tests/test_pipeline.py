@@ -60,14 +60,32 @@ class Recorder:
         self.sent.append(Sent(event_type, render_id, asset_id, webhook, dict(extra)))
 
 
+class Clock:
+    """The record store's clock, moved by hand: leases lapse when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @pytest.fixture
-def deps(media: dict[str, Path]) -> Deps:
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def deps(media: dict[str, Path], clock: Clock, tmp_path: Path) -> Deps:
     storage = MemoryStorage(output_bucket="out", attempts=1, base_delay_s=0.0, max_delay_s=0.0)
     storage.seed(SOURCE, media["audio_wav"].read_bytes())
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
     return Deps(
         # HOOK is a loopback URL: allowed here explicitly, as on-premise deployments may.
-        settings=Settings(progress_interval_s=0.05, lease_ttl_s=30, webhook_allow_private=True),
-        records=MemoryRecordStore(),
+        # A work dir of its own: scratch directories are named by render id, and every test uses rnd_1.
+        settings=Settings(progress_interval_s=0.05, lease_ttl_s=30, webhook_allow_private=True, work_dir=str(scratch)),
+        records=MemoryRecordStore(clock=clock),
         storage=storage,
         send_event=Recorder(),
     )
@@ -287,12 +305,11 @@ def test_time_limit_fails_with_timeout_and_leaves_no_output(deps: Deps, tmp_path
         return render(*args, **{**kwargs, "deadline": time.monotonic()})
 
     deps.renderer = out_of_time
-    deps.settings = deps.settings.replace(work_dir=str(tmp_path))
     assert process(job(), deps, last_attempt=False) is Outcome.FAILED
     rec = deps.records.get("rnd_1")
     assert rec is not None and rec["error_code"] == "timeout"
     assert isinstance(deps.storage, MemoryStorage) and deps.storage.calls["put"] == 0
-    assert list(tmp_path.iterdir()) == []  # scratch files removed
+    assert list(Path(deps.settings.work_dir).iterdir()) == []  # scratch files removed
 
 
 def test_an_unexpected_error_fails_with_internal_error_instead_of_looping(deps: Deps) -> None:
@@ -318,3 +335,96 @@ def test_progress_is_written_while_rendering(deps: Deps, media: dict[str, Path])
     records.progress = spy  # type: ignore[method-assign]
     assert process(job(segments=None), deps, last_attempt=False) is Outcome.COMPLETED
     assert seen and max(seen) <= 1.0 and seen == sorted(seen)
+
+
+class CountingRenderer:
+    """The real renderer, counting its runs."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.runs += 1
+        return render(*args, **kwargs)
+
+
+def test_a_retry_after_a_failed_upload_uploads_the_output_already_rendered(deps: Deps) -> None:
+    assert isinstance(deps.storage, MemoryStorage)
+    renderer = deps.renderer = CountingRenderer()
+    deps.storage.fail_next(1, "put")
+    with pytest.raises(StorageError):
+        process(job(), deps, last_attempt=False, token="first")
+    assert renderer.runs == 1
+    assert [p.name for p in Path(deps.settings.work_dir).iterdir()] == ["job-rnd_1"]  # kept for the retry
+    assert process(job(), deps, last_attempt=False, token="second") is Outcome.COMPLETED
+    assert renderer.runs == 1  # the retry did not render again
+    rec = deps.records.get("rnd_1")
+    assert rec is not None and rec["state"] == "completed" and rec["attempts"] == 2
+    obj = deps.storage.get("renders/rnd_1/rnd_1.m4a")
+    assert len(obj.data) == rec["size_bytes"] > 0
+    assert list(Path(deps.settings.work_dir).iterdir()) == []  # gone once the render is final
+
+
+def test_a_kept_output_is_not_reused_for_a_different_job(deps: Deps) -> None:
+    assert isinstance(deps.storage, MemoryStorage)
+    renderer = deps.renderer = CountingRenderer()
+    deps.storage.fail_next(1, "put")
+    with pytest.raises(StorageError):
+        process(job(), deps, last_attempt=False, token="first")
+    # The same render id with another cut (a message edited by hand, say): render it afresh.
+    other = job(segments=[{"start": 0.5, "end": 1.5}])
+    assert process(other, deps, last_attempt=False, token="second") is Outcome.COMPLETED
+    assert renderer.runs == 2
+    rec = deps.records.get("rnd_1")
+    assert rec is not None and abs(rec["duration_s"] - 1.0) < 0.05
+
+
+def test_the_last_attempt_leaves_no_scratch_behind(deps: Deps) -> None:
+    assert isinstance(deps.storage, MemoryStorage)
+    deps.storage.fail_next(1, "put")
+    assert process(job(), deps, last_attempt=True) is Outcome.FAILED
+    assert list(Path(deps.settings.work_dir).iterdir()) == []
+
+
+def test_a_lease_lost_mid_render_steps_aside_without_uploading(deps: Deps, clock: Clock) -> None:
+    """This worker stalls past its lease, another takes the render over: this one must not store or finish it."""
+    records = deps.records
+
+    def stalled(*args: Any, **kwargs: Any) -> Any:
+        result = render(*args, **kwargs)
+        clock.now += deps.settings.lease_ttl_s + 1  # the stall: our lease lapses
+        assert records.start("rnd_1", "other-worker", 30, {}).status == "started"
+        time.sleep(deps.settings.progress_interval_s * 2)
+        kwargs["on_progress"](1.0)  # the next progress write finds the lease gone
+        return result
+
+    deps.renderer = stalled
+    assert process(job(), deps, last_attempt=False, token="stalled-worker") is Outcome.DUPLICATE
+    assert isinstance(deps.storage, MemoryStorage) and deps.storage.calls["put"] == 0  # nothing stored
+    rec = records.get("rnd_1")
+    assert rec is not None and (rec["state"], rec["attempts"]) == ("processing", 2)  # the other worker's now
+    assert sent(deps) == []  # and no event: the other worker sends it when it finishes
+    assert records.start("rnd_1", "stalled-worker", 30, {}).status == "busy"
+
+
+def test_missing_credentials_fail_the_job_once_as_a_configuration_error(
+    deps: Deps, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """No credentials is the operator's to fix: retrying (six renders' worth) cannot help."""
+    from worker.storage.s3 import S3Storage
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    # Nothing listens there: no request is ever made, since signing fails first.
+    deps.storage = S3Storage(deps.settings.replace(s3_endpoint_url="http://127.0.0.1:9"), attempts=4)
+    renderer = deps.renderer = CountingRenderer()
+    assert process(job(), deps, last_attempt=False) is Outcome.FAILED  # not raised: the queue does not retry
+    rec = deps.records.get("rnd_1")
+    assert rec is not None
+    assert (rec["state"], rec["error_code"], rec["attempts"]) == ("failed", "internal_error", 1)
+    assert "credentials" in rec["error_message"] and "configuration" in rec["error_message"]
+    assert renderer.runs == 0
+    assert [(e.event_type, e.extra["error_code"]) for e in sent(deps)] == [(FAILED, "internal_error")]
