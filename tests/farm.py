@@ -19,6 +19,7 @@ Nothing here is a mock; see services.py for the servers themselves.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 import signal
@@ -55,6 +56,11 @@ BASE_SETTINGS: dict[str, str] = {
     # refuses by default (worker/netguard.py); tests opt in explicitly.
     "RENDER_WEBHOOK_ALLOW_PRIVATE": "1",
 }
+
+
+def ts(value: str) -> float:
+    """A record's ISO 8601 timestamp (``...Z``) as seconds since the epoch."""
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
 def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.1) -> Any:

@@ -385,6 +385,8 @@ class FaultProxy(_HttpService):
     * :attr:`down` — answer every request with 503 until cleared.
     * :meth:`drop_next` — close the next *n* connections without answering.
     * :attr:`delay_s` — stall each request this long before handling it (read timeouts).
+    * :attr:`down_methods` — answer every request with one of these methods (``{"PUT", "POST"}``: uploads)
+      with 503 until cleared, forwarding the rest: storage that reads but cannot write.
 
     :attr:`requests` records every request and what happened to it.
     """
@@ -395,6 +397,7 @@ class FaultProxy(_HttpService):
         self.down = False
         self.down_status = 503
         self.delay_s = 0.0
+        self.down_methods: set[str] = set()
         self.requests: list[ProxiedRequest] = []
         self._fail: collections.deque[int] = collections.deque()
         self._drop = 0
@@ -418,15 +421,16 @@ class FaultProxy(_HttpService):
             self._fail.clear()
             self._drop = 0
             self.down = False
+            self.down_methods = set()
             self.delay_s = 0.0
             self.requests.clear()
 
     def count(self, method: str | None = None) -> int:
         return sum(1 for r in self.requests if method is None or r.method == method)
 
-    def _decide(self) -> tuple[str, int]:
+    def _decide(self, method: str) -> tuple[str, int]:
         with self._lock:
-            if self.down:
+            if self.down or method in self.down_methods:
                 action = ("injected", self.down_status)
             elif self._drop:
                 self._drop -= 1
@@ -450,7 +454,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         body = _read_body(self)
         if proxy.delay_s:
             time.sleep(proxy.delay_s)
-        action, status = proxy._decide()
+        action, status = proxy._decide(self.command)
         if action == "dropped":
             proxy.requests.append(ProxiedRequest(self.command, self.path, "dropped"))
             self.close_connection = True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tracemalloc
@@ -159,3 +160,135 @@ def test_enqueue_applies_the_workers_intake_before_touching_redis(tmp_path):
         )
         assert done.returncode == 2 and "[invalid_job]" in done.stderr and needle in done.stderr, done.stderr
         assert done.stdout == ""
+
+
+# -- safety: never over the source, never over a file unless asked -------------------------------------------------
+
+
+def test_render_refuses_to_overwrite_its_source(media, tmp_path):
+    source = tmp_path / "talk.mp4"
+    shutil.copy(media["cfr2997"], source)
+    before = source.read_bytes()
+    runner = CliRunner()
+    for output in (source, tmp_path / "." / "talk.mp4"):  # the same path, and another spelling of it
+        r = runner.invoke(main, ["render", str(source), "--format", "m4a", "-o", str(output), "--force"])
+        assert r.exit_code == 2 and "[invalid_job]" in r.stderr and "is the source itself" in r.stderr, r.stderr
+    link = tmp_path / "alias.mp4"
+    os.link(source, link)  # another name for the same file: --force must not make it fair game
+    r = runner.invoke(main, ["render", str(source), "--format", "m4a", "-o", str(link), "--force"])
+    assert r.exit_code == 2 and "is the source itself" in r.stderr
+    assert source.read_bytes() == before
+
+
+def test_render_replaces_an_existing_output_only_with_force(media, tmp_path):
+    out = tmp_path / "out.m4a"
+    out.write_bytes(b"precious")
+    args = ["render", str(media["audio_wav"]), "--format", "m4a", "--quiet", "-o", str(out)]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 2 and "exists; pass --force" in r.stderr
+    assert out.read_bytes() == b"precious"
+    r = CliRunner().invoke(main, [*args, "--force"])
+    assert r.exit_code == 0, r.stderr
+    assert out.read_bytes() != b"precious" and json.loads(r.stdout)["size_bytes"] == out.stat().st_size
+
+
+# -- signals ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("sig", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_mid_render_cleans_up_and_exits_128_plus_its_number(media, tmp_path, sig, status):
+    exe = shutil.which("render-cli", path=str(Path(sys.executable).parent))
+    assert exe
+    work = tmp_path / "work"
+    work.mkdir()
+    out_dir = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RENDER_")}
+    env.update({"RENDER_WORK_DIR": str(work), "RENDER_NVENC": "off"})
+    # The whole of cfr30 to mp4: many seconds of encoding on these cores, so the signal lands mid-render.
+    proc = subprocess.Popen(
+        [exe, "render", str(media["cfr30"]), "--format", "mp4", "-o", str(out_dir / "talk.mp4")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # plain progress lines: the first one means ffmpeg is encoding
+            if line.startswith("progress"):
+                break
+        assert list(work.iterdir()), "the render's scratch directory should exist mid-render"
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == status, err
+    assert "Traceback" not in err and "cancelled" in err
+    assert list(work.iterdir()) == []  # scratch directory removed
+    assert list(out_dir.iterdir()) == []  # no .partial file, no output
+
+
+def test_ctrl_c_in_any_command_exits_130(monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("worker.presets.all_presets", interrupted)
+    r = CliRunner().invoke(main, ["presets"])
+    assert r.exit_code == 130
+
+
+# -- help and version everywhere ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [[], *[[name] for name in sorted(main.commands)]])
+def test_every_command_has_short_help_and_version(command):
+    from importlib.metadata import version
+
+    runner = CliRunner()
+    for flag in ("-h", "--help"):
+        r = runner.invoke(main, [*command, flag])
+        assert r.exit_code == 0 and "Usage:" in r.stdout, (command, flag, r.output)
+    r = runner.invoke(main, [*command, "--version"])
+    assert r.exit_code == 0 and version("render-worker") in r.stdout, (command, r.output)
+
+
+def test_render_worker_has_short_help_and_version():
+    from importlib.metadata import version
+
+    from worker.cli import worker_main
+
+    runner = CliRunner()
+    for flag in ("-h", "--help"):
+        r = runner.invoke(worker_main, [flag])
+        assert r.exit_code == 0 and "Usage:" in r.stdout
+    r = runner.invoke(worker_main, ["--version"])
+    assert r.exit_code == 0 and version("render-worker") in r.stdout
+
+
+# -- the webhook secret off the command line ---------------------------------------------------------------------
+
+
+def _enqueue_with_secret(tmp_path, extra_env, *args):
+    """render-cli enqueue with a public webhook and no Redis: intake passes, then the record store is
+    unreachable (exit 5, storage_failed); without a secret, intake refuses the webhook (exit 2)."""
+    exe = shutil.which("render-cli", path=str(Path(sys.executable).parent))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RENDER_") and k != "WEBHOOK_SECRET"}
+    env.update({"RENDER_REDIS_URL": "redis://127.0.0.1:1/0", **extra_env})
+    argv = [exe, "enqueue", "s3://uploads/a.mp4", "--format", "mp4", "--webhook-url", "https://93.184.215.14/h", *args]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_the_webhook_secret_can_come_from_the_environment_or_a_file(tmp_path):
+    from farm import SECRET
+
+    missing = _enqueue_with_secret(tmp_path, {})
+    assert missing.returncode == 2 and "[invalid_job]" in missing.stderr and "webhook" in missing.stderr
+    from_env = _enqueue_with_secret(tmp_path, {"WEBHOOK_SECRET": SECRET})
+    assert from_env.returncode == 5 and "record store unavailable" in from_env.stderr, from_env.stderr
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRET + "\n")
+    from_file = _enqueue_with_secret(tmp_path, {}, "--webhook-secret-file", str(secret_file))
+    assert from_file.returncode == 5 and "record store unavailable" in from_file.stderr, from_file.stderr
+    both = _enqueue_with_secret(tmp_path, {"WEBHOOK_SECRET": SECRET}, "--webhook-secret-file", str(secret_file))
+    assert both.returncode == 2 and "once" in both.stderr

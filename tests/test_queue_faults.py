@@ -9,8 +9,7 @@ only to keep the suite quick; what they check does not depend on them.
 
 from __future__ import annotations
 
-import json
-import os
+import shlex
 import signal
 import stat
 import time
@@ -19,9 +18,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from farm import SECRET, Farm, WorkerProcess, alive, deliveries, farm, ffmpeg_children, verified_events, wait_for
+from farm import (
+    SECRET,
+    Farm,
+    WorkerProcess,
+    alive,
+    deliveries,
+    farm,
+    ffmpeg_children,
+    ts,
+    verified_events,
+    wait_for,
+)
 from test_render_exact import check_frames
 
+from worker import ffmpeg
 from worker.plan import Segment
 
 if TYPE_CHECKING:
@@ -193,6 +204,45 @@ def test_s3_outage_is_retried_until_it_recovers(
     assert [e["type"] for e in verified_events(webhook_receiver)[rid]] == ["render.completed"]
     # Dramatiq logged the failed deliveries of the message, which carries the webhook secret: redacted.
     assert "Failed to process message render(" in rig.logs() and SECRET.removeprefix("whsec_") not in rig.logs()
+
+
+def counting_ffmpeg(tmp_path: Path) -> tuple[Path, Path]:
+    """An ffmpeg that logs each command line to a file, then runs the real one: (the wrapper, the log)."""
+    log = tmp_path / "ffmpeg-runs.log"
+    wrapper = tmp_path / "bin" / "ffmpeg"
+    wrapper.parent.mkdir()
+    real = ffmpeg.resolve_ffmpeg()
+    wrapper.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {shlex.quote(str(log))}\nexec {shlex.quote(real)} "$@"\n')
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+    return wrapper, log
+
+
+def renders_run(log: Path) -> int:
+    """Encodes the wrapper saw (start-up checks and probes carry no filter graph)."""
+    lines = log.read_text().splitlines() if log.exists() else []
+    return sum("filter_complex" in line for line in lines)
+
+
+def test_a_retry_after_a_failed_upload_does_not_render_again(
+    rig: Farm, media: dict[str, Path], s3_fault_proxy: FaultProxy, webhook_receiver: WebhookReceiver, tmp_path: Path
+) -> None:
+    wrapper, runs = counting_ffmpeg(tmp_path)
+    uri = rig.upload(media["audio_wav"])
+    rig.start_worker(s3_endpoint_url=s3_fault_proxy.url, ffmpeg_path=wrapper, max_retries=5)
+    s3_fault_proxy.down_methods = {"PUT", "POST"}  # the source downloads, the output cannot be stored
+    rid = rig.enqueue(uri, "m4a", segments=[(1.0, 3.0)], webhook=webhook_receiver)
+    # A retry by the queue (a second attempt), past the storage layer's own quick retries.
+    rig.wait_record(rid, lambda r: r["attempts"] >= 2, timeout_s=90)
+    s3_fault_proxy.down_methods = set()
+    rec = rig.wait_record(rid, timeout_s=90)
+    assert rec["state"] == "completed", rec
+    assert rec["attempts"] >= 2
+    assert any(r.method == "PUT" and r.outcome == "injected 503" for r in s3_fault_proxy.requests)
+    assert renders_run(runs) == 1, runs.read_text()  # rendered once, uploaded on a later attempt
+    assert rig.objects() == {f"renders/{rid}/{rid}.m4a": rec["size_bytes"]}
+    wait_for(lambda: rig.pending(rig.webhook_queue) == 0 and webhook_receiver.received, 30, "the webhook")
+    assert [e["type"] for e in verified_events(webhook_receiver)[rid]] == ["render.completed"]
+    assert list(Path(rig.settings().work_dir).iterdir()) == []  # the kept output went with the render
 
 
 def test_s3_down_for_good_fails_with_storage_failed(

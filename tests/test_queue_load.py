@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from farm import farm, verified_events, wait_for
+from farm import farm, ts, verified_events, wait_for
 
 if TYPE_CHECKING:
     from services import RedisServer, S3Server, WebhookReceiver
@@ -35,10 +35,6 @@ RESULTS = ROOT / "bench" / "results" / "queue_load.json"
 JOBS = int(os.environ.get("QUEUE_LOAD_JOBS", "200"))
 PROCESSES = 2
 CUT = [(1.0, 2.5), (4.0, 5.0), (8.0, 9.5)]  # 4 s of a 20 s WAV
-
-
-def ts(value: str) -> float:
-    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
 def percentile(values: list[float], q: float) -> float:

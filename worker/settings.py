@@ -64,10 +64,14 @@ class Setting:
         if self.kind is bool:
             return "1/true/yes/on or 0/false/no/off"
         if self.min is not None and self.max is not None:
-            return f"{self.min:g} to {self.max:g}"
+            return f"{_num(self.min)} to {_num(self.max)}"
         if self.min is not None:
-            return f"at least {self.min:g}"
+            return f"at least {_num(self.min)}"
         return f"a {self.kind.__name__}"
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 _QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
