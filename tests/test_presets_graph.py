@@ -8,7 +8,7 @@ from fractions import Fraction
 import pytest
 
 from worker.errors import ErrorCode, InvalidJob, SourceError
-from worker.graph import build_graph, decide, output_size
+from worker.graph import build_graph, decide, ffmpeg_args, output_size
 from worker.output import OutputSpec
 from worker.plan import Segment, build_timeline
 from worker.presets import FORMATS, VARIANTS, all_presets, load_preset, load_tiers
@@ -148,7 +148,11 @@ def test_graph_shape() -> None:
     tl = build_timeline(segs, rate=Fraction(30), first_unit=0, end_unit=300, sample_rate=48000)
     mp4 = load_preset("mp4")
     g = build_graph(info, tl, mp4, decide(info, OutputSpec("mp4", "720p"), mp4))
-    assert "concat=n=2:v=1:a=1" in g
+    # Video and audio pieces are joined apart: a joint concat pads each piece's audio to its video and drifts.
+    assert "concat=n=2:v=1:a=0" in g and "concat=n=2:v=0:a=1" in g and ":v=1:a=1" not in g
+    # frames counted on a grid anchored at the first frame, each slot the frame on screen at its middle
+    assert "setpts=PTS-STARTPTS,fps=fps=30/1:round=near" in g
+    assert "tonemap" not in g and "tpad" not in g and "adelay" not in g
     # touching segments merged into one piece: frames [30, 90) and [150, 180)
     assert "segment=frames=30|90|150|180[vseg0][vseg1][vseg2][vseg3][vseg4]" in g
     assert "asegment=samples=48000|144000|240000|288000" in g
@@ -169,3 +173,34 @@ def test_graph_shape() -> None:
     tl2 = build_timeline(segs, rate=Fraction(30), first_unit=0, end_unit=300, sample_rate=None)
     g3 = build_graph(noaudio, tl2, mp4, decide(noaudio, OutputSpec("mp4"), mp4))
     assert "anullsrc=r=48000" in g3 and "atrim=end_sample=144000" in g3
+
+
+def test_graph_fills_missing_streams_and_tone_maps_hdr() -> None:
+    """Audio before the first frame gets black frames; audio starting late gets silence; HDR is tone-mapped."""
+    mp4 = load_preset("mp4")
+    base = _info()
+    assert base.video is not None and base.audio is not None
+    # audio starts 0.5 s after the video: a plan from 0 needs 24000 samples of silence first
+    late = dataclasses.replace(base, audio=dataclasses.replace(base.audio, start=0.5, duration=9.5))
+    tl = build_timeline(
+        [Segment(0, 2)], rate=Fraction(30), first_unit=0, end_unit=300, sample_rate=48000, audio_origin=Fraction(1, 2)
+    )
+    assert tl.pieces[0].a_src == -24000
+    g = build_graph(late, tl, mp4, decide(late, OutputSpec("mp4"), mp4))
+    assert "adelay=delays=24000S:all=1" in g
+    # video starts 0.5 s after the audio: 15 black frames first
+    vlate = dataclasses.replace(base, video=dataclasses.replace(base.video, start=0.5, duration=9.5))
+    tl2 = build_timeline(
+        [Segment(0, 2)], rate=Fraction(30), first_unit=-15, end_unit=285, sample_rate=48000, origin=Fraction(1, 2)
+    )
+    g2 = build_graph(vlate, tl2, mp4, decide(vlate, OutputSpec("mp4"), mp4))
+    assert "tpad=start=15:color=black" in g2
+    # HDR: tone-mapped to BT.709 and tagged so; SDR untouched
+    hdr = dataclasses.replace(base, video=dataclasses.replace(base.video, color_trc="smpte2084"))
+    tl3 = build_timeline(None, rate=Fraction(30), first_unit=0, end_unit=300, sample_rate=48000)
+    g3 = build_graph(hdr, tl3, mp4, decide(hdr, OutputSpec("mp4"), mp4))
+    assert "tonemap=tonemap=hable" in g3 and "zscale=t=bt709:m=bt709" in g3
+    args = ffmpeg_args(hdr, mp4, decide(hdr, OutputSpec("mp4"), mp4), "g", "o.mp4", max_pixels=10**7)
+    assert args[args.index("-color_trc") + 1] == "bt709" and args[args.index("-colorspace") + 1] == "bt709"
+    plain = ffmpeg_args(base, mp4, decide(base, OutputSpec("mp4"), mp4), "g", "o.mp4", max_pixels=10**7)
+    assert "-color_trc" not in plain

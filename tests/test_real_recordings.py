@@ -418,3 +418,21 @@ def test_streamed_webm_fixture_has_no_duration_and_no_cues(media):
     assert b"\x1c\x53\xbb\x6b" not in data, "the file has a Cues element"
     # The Segment's size is "unknown" (all ones): what a live writer that cannot seek back leaves.
     assert b"\x18\x53\x80\x67\x01\xff\xff\xff\xff\xff\xff\xff" in data, "the Segment has a known size"
+
+
+def test_real_recording_fixtures_are_what_they_claim(media):
+    """Each fixture has the oddity it stands for, measured by decoding (so a passing render test means something)."""
+    jitter = mc.frame_indices(media["vfr_jitter"])
+    off = [t - i / 30 for t, i in jitter]
+    assert [i for _, i in jitter] == list(range(240))  # every frame, in order
+    assert 0.008 < max(abs(o) for o in off) <= 0.0096  # jittered by up to 9 ms (+ 1 ms ticks), < half a frame
+    assert mc.frame_indices(media["offset_mkv"])[0][0] == pytest.approx(0.021, abs=1e-6)
+    assert mc.audio_start_seconds(media["offset_mkv"]) == 0.0
+    assert mc.audio_start_seconds(media["late_audio"]) == pytest.approx(0.3 - 1024 / 48000, abs=1e-6)
+    tail = mc.stream_durations(media["audio_tail"])
+    assert tail["video"] == pytest.approx(4.0) and tail["audio"] >= 6.5
+    with av.open(str(media["hlg"])) as c:
+        frame = next(c.decode(c.streams.video[0]))
+        assert frame.format.name == "yuv420p10le" and (frame.color_trc, frame.color_primaries) == (18, 9)
+    with av.open(str(media["pq"])) as c:
+        assert next(c.decode(c.streams.video[0])).color_trc == 16
