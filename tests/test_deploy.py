@@ -1,15 +1,21 @@
-"""deploy/ stays consistent with the code: settings names, ports, shutdown timing, images, dashboard structure."""
+"""deploy/ stays consistent with the code: settings names, ports, shutdown timing, autoscaling, scraping, schemas,
+images, dashboard structure."""
 
 from __future__ import annotations
 
+import copy
 import json
 import re
+import shutil
+import subprocess
 import tomllib
 from collections import Counter
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import jsonschema
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -22,6 +28,9 @@ SETTING_ENVS = {s.env for s in SETTINGS}
 DEFAULTS = Settings()
 # Seconds the pod keeps after the shutdown timeout for the requeue and process exit.
 GRACE_MARGIN_S = 30
+# Seconds a draining pod needs on top of the render's own time limit: the source download and the upload.
+TRANSFER_MARGIN_S = 600
+JOB = "render-worker"  # the scrape job the dashboard, the alerts and the KEDA queries select
 
 _RENDER_NAME = re.compile(r"\bRENDER_[A-Z0-9_]*[A-Z0-9]\b")
 
@@ -96,6 +105,8 @@ def test_k8s_manifests_parse_with_expected_kinds(k8s: list[dict[str, Any]]) -> N
     assert kinds["Service"] == 1
     assert kinds["ConfigMap"] == 1
     assert kinds["Secret"] == 1
+    assert kinds["Namespace"] == 1
+    assert kinds["PodMonitor"] == 1
     kustomization = _one(k8s, "Kustomization")
     assert sorted(kustomization["resources"]) == sorted(
         p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml"
@@ -116,11 +127,15 @@ def _effective_env(dep: dict[str, Any], config: dict[str, str]) -> dict[str, str
     return env
 
 
-def test_termination_grace_outlasts_shutdown_timeout(k8s: list[dict[str, Any]], config: dict[str, str]) -> None:
+def test_scale_down_never_stops_a_render(k8s: list[dict[str, Any]], config: dict[str, str]) -> None:
+    """Whichever pod a scale-down or rollout stops, the render it holds finishes: the drain on SIGTERM lasts as long
+    as the longest render plus its transfers, and the kubelet waits longer than the drain."""
     for dep in _deployments(k8s):
+        name = dep["metadata"]["name"]
         settings = Settings.from_env(_effective_env(dep, config))
+        assert settings.shutdown_timeout_s >= settings.time_limit_s + TRANSFER_MARGIN_S, name
         grace = dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-        assert grace >= settings.shutdown_timeout_s + GRACE_MARGIN_S, dep["metadata"]["name"]
+        assert grace >= settings.shutdown_timeout_s + GRACE_MARGIN_S, name
 
 
 def test_compose_stop_grace_outlasts_shutdown_timeout(compose: dict[str, Any]) -> None:
@@ -199,8 +214,9 @@ def test_deployments_probe_the_metrics_port(k8s: list[dict[str, Any]], config: d
         pod = dep["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["runAsUser"] != 0
-        annotations = dep["spec"]["template"]["metadata"]["annotations"]
-        assert annotations["prometheus.io/port"] == str(settings.metrics_port)
+        # Scraped by the PodMonitor only: annotation scraping would add a second copy under another job name.
+        annotations = dep["spec"]["template"]["metadata"].get("annotations", {})
+        assert not [a for a in annotations if a.startswith("prometheus.io/")], name
         # The multiprocess directory is a volume, so a read-only root filesystem still works.
         mounts = {m["mountPath"] for m in c["volumeMounts"]}
         assert settings.metrics_dir in mounts and settings.work_dir in mounts and "/tmp" in mounts
@@ -218,6 +234,7 @@ def test_gpu_deployment_requests_a_gpu_and_nvenc(k8s: list[dict[str, Any]], conf
     assert Settings.from_env(env).nvenc == "auto"
     assert "video" in env["NVIDIA_DRIVER_CAPABILITIES"].split(",")
     assert "cuda" in c["image"]
+    assert Settings.from_env(env).ffmpeg_path == "", "the bundled ffmpeg (NVENC, runs the graphs), not a system one"
 
 
 def test_service_selects_the_worker_pods(k8s: list[dict[str, Any]]) -> None:
@@ -227,22 +244,183 @@ def test_service_selects_the_worker_pods(k8s: list[dict[str, Any]]) -> None:
     assert service["spec"]["ports"][0]["targetPort"] == "metrics"
 
 
-def test_scaled_objects_scale_on_the_dramatiq_ready_list(k8s: list[dict[str, Any]], config: dict[str, str]) -> None:
-    deployments = {d["metadata"]["name"] for d in _deployments(k8s)}
+def _jobs_per_pod(dep: dict[str, Any]) -> int:
+    """Renders one pod runs at once: worker processes x threads, from the container's args (defaults 1 and 1)."""
+    args = list(_container(dep).get("args", []))
+    value = {"--processes": 1, "--threads": 1}
+    for flag, alias in (("--processes", "-p"), ("--threads", "-t")):
+        for i, arg in enumerate(args[:-1]):
+            if arg in (flag, alias):
+                value[flag] = int(args[i + 1])
+    return value["--processes"] * value["--threads"]
+
+
+def test_scaled_objects_ask_for_one_pod_per_waiting_or_running_job(
+    k8s: list[dict[str, Any]], config: dict[str, str]
+) -> None:
+    deployments = {d["metadata"]["name"]: d for d in _deployments(k8s)}
     settings = Settings.from_env(config)
     redis_url = urlsplit(settings.redis_url)
     scaled = [d for d in k8s if d["kind"] == "ScaledObject"]
-    assert {s["spec"]["scaleTargetRef"]["name"] for s in scaled} == deployments
+    assert {s["spec"]["scaleTargetRef"]["name"] for s in scaled} == set(deployments)
     for so in scaled:
+        name = so["metadata"]["name"]
+        dep = deployments[so["spec"]["scaleTargetRef"]["name"]]
+        assert _jobs_per_pod(dep) == 1, f"{name}: KEDA's arithmetic below assumes one render per pod"
         assert so["apiVersion"] == "keda.sh/v1alpha1"
         assert so["spec"]["minReplicaCount"] >= 1, "the telemetry lives in the worker pods"
-        redis_triggers = [t for t in so["spec"]["triggers"] if t["type"] == "redis"]
-        assert len(redis_triggers) == 1
-        meta = redis_triggers[0]["metadata"]
+        # One composite metric, waiting + in flight, one replica per unit: HPA would take the max of two separate
+        # triggers, which under-counts (5 waiting and 5 running would ask for 5 pods, not 10).
+        modifiers = so["spec"]["advanced"]["scalingModifiers"]
+        assert modifiers["formula"].replace(" ", "") == "waiting+inflight", name
+        assert float(modifiers["target"]) == 1 and modifiers.get("metricType", "AverageValue") == "AverageValue"
+        triggers = {t["name"]: t for t in so["spec"]["triggers"]}
+        assert set(triggers) == {"waiting", "inflight"}, name
+        waiting = triggers["waiting"]
+        assert waiting["type"] == "redis"
+        meta = waiting["metadata"]
         assert meta["listName"] == f"dramatiq:{settings.queue}"
-        assert int(meta["listLength"]) >= 1
         assert meta["address"] == f"{redis_url.hostname}:{redis_url.port or 6379}"
         assert meta.get("databaseIndex", "0") == (redis_url.path.lstrip("/") or "0")
+        inflight = triggers["inflight"]
+        assert inflight["type"] == "prometheus"
+        query = inflight["metadata"]["query"]
+        assert "render_jobs_in_progress" in query and f'job="{JOB}"' in query, name
+        component = dep["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]
+        assert f'component="{component}"' in query, f"{name} must count only its own Deployment's renders"
+
+
+def _podmonitor(k8s: list[dict[str, Any]]) -> dict[str, Any]:
+    return _one(k8s, "PodMonitor")
+
+
+def test_podmonitor_scrapes_every_worker_pod_as_the_job_everything_selects(k8s: list[dict[str, Any]]) -> None:
+    spec = _podmonitor(k8s)["spec"]
+    (endpoint,) = spec["podMetricsEndpoints"]
+    for dep in _deployments(k8s):
+        labels = dep["spec"]["template"]["metadata"]["labels"]
+        assert spec["selector"]["matchLabels"].items() <= labels.items(), dep["metadata"]["name"]
+        assert endpoint["port"] in {p["name"] for p in _container(dep)["ports"]}
+    relabel = {r["targetLabel"]: r for r in endpoint["relabelings"]}
+    assert relabel["job"]["action"] == "replace" and relabel["job"]["replacement"] == JOB
+    assert relabel["component"]["sourceLabels"] == ["__meta_kubernetes_pod_label_app_kubernetes_io_component"]
+
+
+def test_every_expression_selects_the_scraped_job() -> None:
+    """An alert or a KEDA query on another job name would select nothing and never fire or scale."""
+    from promql import all_exprs
+
+    jobs = {m for _, expr in all_exprs() for m in re.findall(r'\bjob\s*=~?\s*"([^"]*)"', expr)}
+    assert jobs == {JOB}
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    assert JOB in {j["job_name"] for j in config["scrape_configs"]}
+
+
+# --- kustomize output against the Kubernetes and KEDA / Prometheus Operator schemas ------------------------------
+
+SCHEMAS = ROOT / "tests" / "k8s_schemas"
+CRD_SCHEMAS = {
+    ("keda.sh/v1alpha1", "ScaledObject"): SCHEMAS / "scaledobject-keda-v1alpha1.json",
+    ("monitoring.coreos.com/v1", "PodMonitor"): SCHEMAS / "podmonitor-monitoring-v1.json",
+}
+KUBERNETES_VERSION = "1.30"
+CLUSTER_SCOPED = {"Namespace"}
+
+
+def render_kustomization(directory: Path = K8S) -> list[dict[str, Any]]:
+    """What `kubectl kustomize` makes of our kustomization: its resources in order, with its namespace set.
+
+    Only the two features deploy/k8s uses (resources, namespace); anything else in the kustomization fails here
+    rather than being ignored.
+    """
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    unsupported = set(kustomization) - {"apiVersion", "kind", "namespace", "resources"}
+    assert not unsupported, f"render_kustomization does not implement {unsupported}"
+    namespace = kustomization.get("namespace")
+    out = []
+    for resource in kustomization["resources"]:
+        for doc in _docs(directory / resource):
+            if namespace:
+                if doc["kind"] in CLUSTER_SCOPED:
+                    if doc["kind"] == "Namespace":
+                        doc["metadata"]["name"] = namespace
+                else:
+                    doc["metadata"]["namespace"] = namespace
+            out.append(doc)
+    return out
+
+
+@pytest.fixture(scope="module")
+def rendered() -> list[dict[str, Any]]:
+    return render_kustomization()
+
+
+def test_kustomize_output_is_what_kubectl_would_apply(rendered: list[dict[str, Any]]) -> None:
+    assert {d["kind"] for d in rendered} >= {"Namespace", "Deployment", "ScaledObject", "PodMonitor"}
+    namespace = yaml.safe_load((K8S / "kustomization.yaml").read_text())["namespace"]
+    for doc in rendered:
+        if doc["kind"] == "Namespace":
+            assert doc["metadata"]["name"] == namespace
+        else:
+            assert doc["metadata"]["namespace"] == namespace, doc["metadata"]["name"]
+    # The in-cluster addresses in the manifests name that namespace too.
+    config = _one(rendered, "ConfigMap")["data"]
+    assert urlsplit(config["RENDER_REDIS_URL"]).hostname.split(".")[1] == namespace  # type: ignore[union-attr]
+    kubectl = shutil.which("kubectl")
+    if kubectl is not None:  # where kubectl exists, its own kustomize must agree with the renderer above
+        proc = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        theirs = sorted(
+            (
+                (d["kind"], d["metadata"]["name"], d["metadata"].get("namespace"))
+                for d in yaml.safe_load_all(proc.stdout)
+            ),
+        )
+        ours = sorted((d["kind"], d["metadata"]["name"], d["metadata"].get("namespace")) for d in rendered)
+        assert theirs == ours
+
+
+def _validate(doc: dict[str, Any]) -> None:
+    key = (doc["apiVersion"], doc["kind"])
+    if key in CRD_SCHEMAS:
+        schema = json.loads(CRD_SCHEMAS[key].read_text())
+        jsonschema.Draft202012Validator.check_schema(schema)
+        jsonschema.validate(doc, schema, cls=jsonschema.Draft202012Validator)
+    else:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+def test_kustomize_output_validates_against_the_schemas(rendered: list[dict[str, Any]]) -> None:
+    kinds = set()
+    for doc in rendered:
+        try:
+            _validate(doc)
+        except (kubernetes_validate.ValidationError, jsonschema.ValidationError) as exc:
+            pytest.fail(f"{doc['kind']}/{doc['metadata']['name']}: {exc}")
+        kinds.add(doc["kind"])
+    assert {"Deployment", "ScaledObject", "PodMonitor", "Namespace"} <= kinds
+
+
+@pytest.mark.parametrize(
+    "kind, path, bad",
+    [
+        ("Deployment", ("spec", "template", "spec", "terminationGracePeriod"), 15660),  # misspelt field
+        ("ScaledObject", ("spec", "advanced", "scalingModifier"), {"formula": "waiting"}),  # misspelt field
+        ("PodMonitor", ("spec", "podMetricsEndpoints", 0, "interval"), "15 seconds"),  # bad value
+        ("Namespace", ("spec", "finalizers"), "kubernetes"),  # wrong type
+    ],
+)
+def test_schema_validation_catches_mistakes(
+    rendered: list[dict[str, Any]], kind: str, path: tuple[Any, ...], bad: Any
+) -> None:
+    """The validator bites: each schema (Kubernetes, KEDA, Prometheus Operator) rejects a broken copy."""
+    doc = copy.deepcopy(next(d for d in rendered if d["kind"] == kind))
+    target = doc
+    for step in path[:-1]:
+        target = target.setdefault(step, {}) if isinstance(step, str) else target[step]
+    target[path[-1]] = bad
+    with pytest.raises((kubernetes_validate.ValidationError, jsonschema.ValidationError)):
+        _validate(doc)
 
 
 # --- compose, Prometheus, Grafana -----------------------------------------------------------------------------
@@ -365,11 +543,12 @@ def _instructions(path: Path) -> list[tuple[str, str]]:
     return out
 
 
-@pytest.mark.parametrize("name, base", [("Dockerfile", "python:3.11-slim"), ("Dockerfile.cuda", "nvidia/cuda:")])
-def test_dockerfiles(name: str, base: str) -> None:
+@pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.cuda"])
+def test_dockerfiles(name: str) -> None:
     instructions = _instructions(DEPLOY / name)
     froms = [rest for word, rest in instructions if word == "FROM"]
-    assert froms[-1].startswith(base), froms
+    # The GPU image needs no CUDA base: ffmpeg and NVML load the driver libraries the NVIDIA toolkit mounts.
+    assert froms[-1].startswith("python:3.11-slim"), froms
     users = [rest for word, rest in instructions if word == "USER"]
     assert users, "the image must drop root"
     assert users[-1].split(":")[0] not in {"root", "0"}
@@ -381,12 +560,64 @@ def test_dockerfiles(name: str, base: str) -> None:
         if word == "COPY" and not rest.startswith("--from"):
             for source in rest.split()[:-1]:
                 assert (ROOT / source).exists(), f"{name}: COPY {source} (build context is the repository root)"
+                ignore = (DEPLOY / f"{name}.dockerignore").read_text().splitlines()
+                assert f"!{source.rstrip('/')}" in ignore or f"!{source.rstrip('/')}/" in ignore, (
+                    f"{name}.dockerignore keeps {source} out of the build context"
+                )
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert "render-worker" in scripts
+    env_text = " ".join(rest for word, rest in instructions if word == "ENV")
+    # ffmpeg is the bundled one (it runs -/filter_complex and has NVENC); no distribution ffmpeg for rendering.
+    assert "RENDER_FFMPEG_PATH" not in env_text
+    runs = [rest for word, rest in instructions if word == "RUN"]
+    assert not [r for r in runs if re.search(r"apt(-get)?\s+install[^&;]*\bffmpeg\b", r)], name
+    # Every pip install of the worker installs the tested versions from constraints.txt.
+    installs = [r for r in runs if re.search(r"\bpip install\b", r)]
+    assert installs, name
+    for run in installs:
+        assert re.search(r"pip install (-c|--constraint|-r) \S*constraints\.txt", run), f"{name}: {run}"
+    for run in runs:
+        if "pip wheel" in run:
+            assert "--no-deps" in run, "dependencies come from the constraints, not from a resolve at build time"
     if name == "Dockerfile.cuda":
-        env_text = " ".join(rest for word, rest in instructions if word == "ENV")
         caps = re.search(r"NVIDIA_DRIVER_CAPABILITIES=(\S+)", env_text)
         assert caps is not None and {"video", "utility"} <= set(caps.group(1).split(","))
+
+
+def _nvenc_driver_minimum() -> str:
+    """The minimum NVIDIA driver the bundled ffmpeg's NVENC needs, read from the binary the images install."""
+    import imageio_ffmpeg
+
+    binary = Path(imageio_ffmpeg.get_ffmpeg_exe()).read_bytes()
+    assert b"The minimum required Nvidia driver for nvenc is" in binary, "the bundled ffmpeg has no NVENC"
+    found = set(re.findall(rb"\x00([3-9][0-9]{2}\.[0-9]{2})\x00", binary))
+    assert len(found) == 1, found
+    return found.pop().decode()
+
+
+def test_gpu_image_states_the_driver_its_ffmpeg_needs() -> None:
+    minimum = _nvenc_driver_minimum()
+    dockerfile = (DEPLOY / "Dockerfile.cuda").read_text()
+    assert f"NVIDIA driver >= {minimum}" in dockerfile
+    operate = (ROOT / "README.md").read_text().split("## Operate the fleet", 1)[1]
+    assert f"driver >= {minimum}" in operate.replace("≥ ", ">= ")
+
+
+def test_bundled_ffmpeg_runs_the_worker_graphs_and_has_nvenc() -> None:
+    """The GPU image renders with this binary: it must be >= 7 (for -/filter_complex) and built with NVENC."""
+    import imageio_ffmpeg
+
+    exe = imageio_ffmpeg.get_ffmpeg_exe()
+    version = subprocess.run([exe, "-hide_banner", "-version"], capture_output=True, text=True, timeout=30).stdout
+    major = re.match(r"ffmpeg version n?(\d+)", version)
+    assert major is not None and int(major.group(1)) >= 7, version.splitlines()[0]
+    encoders = subprocess.run([exe, "-hide_banner", "-encoders"], capture_output=True, text=True, timeout=30).stdout
+    assert "h264_nvenc" in encoders and "hevc_nvenc" in encoders
+
+
+def test_compose_gpu_worker_uses_the_bundled_ffmpeg(compose: dict[str, Any]) -> None:
+    for name in ("worker", "worker-gpu"):
+        assert "RENDER_FFMPEG_PATH" not in compose["services"][name]["environment"], name
 
 
 def test_operate_doc_explains_every_alert() -> None:
