@@ -132,7 +132,8 @@ CASES = {
     "webm_stream": SEGMENTS,
     "offset_mkv": SEGMENTS,
     "late_audio": SEGMENTS,
-    "audio_tail": [Segment(0.4, 1.6), Segment(2.0, 3.5), Segment(3.8, 6.4)],  # past the end of the video
+    # past the end of the video, and off the frame grid (an audio-only render cuts on samples)
+    "audio_tail": [Segment(0.4123, 1.6071), Segment(2.0177, 3.5123), Segment(3.8089, 6.4311)],
     "vfr_jitter": [Segment(0.2, 2.0), Segment(2.5, 5.0), Segment(5.3, 7.9)],
     "vfr": [Segment(1.0, 6.0), Segment(9.5, 15.25), Segment(16.0, 19.5)],
 }
