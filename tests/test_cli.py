@@ -292,3 +292,13 @@ def test_the_webhook_secret_can_come_from_the_environment_or_a_file(tmp_path):
     assert from_file.returncode == 5 and "record store unavailable" in from_file.stderr, from_file.stderr
     both = _enqueue_with_secret(tmp_path, {"WEBHOOK_SECRET": SECRET}, "--webhook-secret-file", str(secret_file))
     assert both.returncode == 2 and "once" in both.stderr
+
+
+def test_render_refuses_an_ffmpeg_too_old_for_its_graphs(media, tmp_path, monkeypatch):
+    from test_startup import old_ffmpeg
+
+    monkeypatch.setenv("RENDER_FFMPEG_PATH", old_ffmpeg(tmp_path))
+    out = tmp_path / "out.m4a"
+    r = CliRunner().invoke(main, ["render", str(media["audio_wav"]), "--format", "m4a", "-o", str(out)])
+    assert r.exit_code == 1 and "7.0 or newer" in r.stderr and "RENDER_FFMPEG_PATH" in r.stderr, r.stderr
+    assert not out.exists()

@@ -577,11 +577,10 @@ def test_stalled_server_times_out_as_transient(
     client = build_client(settings, session=s3_server.session(), botocore_attempts=1, read_timeout_s=0.25)
     storage = S3Storage(settings, client=client, attempts=2, base_delay_s=0, max_delay_s=0)
     proxy.delay_s = 0.6  # longer than the read timeout
-    started = time.monotonic()
     with pytest.raises(StorageError, match="retries exhausted") as info:
         storage.size(f"s3://{backend.source_bucket}/anything.mp4")
     assert "ReadTimeout" in info.value.message
-    assert len(proxy.requests) <= 2 and time.monotonic() - started < 3
+    assert len(proxy.requests) <= 2  # each attempt gave up on its read timeout: one request apiece
 
 
 @pytest.mark.services

@@ -248,6 +248,7 @@ def render(
     SIGINT (Ctrl-C) and SIGTERM stop the render and remove its partial output; the exit status is then
     128 + the signal's number (130 for Ctrl-C).
     """
+    from worker import ffmpeg
     from worker.errors import Cancelled
     from worker.render import render as do_render
 
@@ -256,6 +257,7 @@ def render(
         settings = settings.replace(nvenc=nvenc)
     try:
         check_output_path(source, output, force)
+        ffmpeg.check_binary(settings.ffmpeg_path or None)  # an old one would fail the encode, less clearly
         segments = load_plan(cut, settings.max_segments)
         spec = output_spec(fmt, resolution, _int(video_bitrate), _int(audio_bitrate))
         with cancel_on_signals() as (cancel, got), _Progress(not quiet) as progress:
