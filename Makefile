@@ -24,7 +24,8 @@ demo: $(STAMP)
 	$(BIN)/python fixtures/demo.py
 
 # System services the tests start for themselves (on free ports): redis-server,
-# promtool and Node's s3rver. Installed here when missing so CI is self-sufficient.
+# promtool and Node's s3rver; and the distribution's ffmpeg, which tests/test_distro_ffmpeg.py
+# points RENDER_FFMPEG_PATH at. Installed here when missing so CI is self-sufficient.
 services:
 	@command -v redis-server >/dev/null 2>&1 || { echo "installing redis-server"; \
 	  (apt-get update -qq && apt-get install -y -qq redis-server) >/dev/null 2>&1 || \
@@ -32,6 +33,9 @@ services:
 	@command -v promtool >/dev/null 2>&1 || { echo "installing promtool (Debian prometheus)"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus) >/dev/null 2>&1 || \
 	  (sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus) >/dev/null; }
+	@command -v ffmpeg >/dev/null 2>&1 || { echo "installing the distribution's ffmpeg (refused by the worker: too old)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg) >/dev/null 2>&1 || \
+	  (sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg) >/dev/null; }
 	@test -x tests/node_modules/.bin/s3rver || (cd tests && npm install --no-audit --no-fund --silent)
 
 lint: $(TEST_STAMP)
