@@ -74,6 +74,8 @@ def test_live_scrape_reports_exactly_what_happened(redis_server, s3_server, webh
             return s if done and dead and idle else None
 
         s = wait_for(settled, 30, "the scrape to settle")
+        # Redis and the bucket answer, worker processes booted: ready (checked while the workers still run)
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5).status == 200
         objects = f.objects()
 
     # jobs by outcome, format and encoder; failures by code
@@ -109,6 +111,10 @@ def test_live_scrape_reports_exactly_what_happened(redis_server, s3_server, webh
     assert value(s, "dramatiq_messages_total", actor_name="render") == 6
     assert value(s, "dramatiq_message_errors_total", actor_name="render") == 1  # the dead-lettered garbage
     assert not any(name.startswith("render_gpu_") for name in s)  # no GPU here: absent, not zero
+    # readiness inputs and the queues this host's two worker processes consume
+    assert value(s, "render_redis_up") == 1 and value(s, "render_storage_up") == 1
+    assert value(s, "render_queue_consumers", queue=f.queue) == 2
+    assert value(s, "render_queue_consumers", queue=f.webhook_queue) == 2
 
     # every metric a dashboard panel or alert rule uses exists in this live scrape
     from prometheus_client import CollectorRegistry
