@@ -10,9 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -28,6 +26,7 @@ import pynvml
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from services import RedisServer, ServiceMissing, free_port, service_missing
 
 from worker.gpu import GpuCollector, GpuSample
 from worker.telemetry import RenderMetrics
@@ -349,44 +348,18 @@ def test_pipeline_observer_and_middleware_keep_in_progress_honest(tmp_path: Path
 # --- a real redis-server ----------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
-def redis_url(tmp_path: Path) -> Iterator[str]:
-    """A throwaway redis-server on a free port (skipped locally without the binary, failed under CI)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("redis-server is required under CI (make services installs it)")
-        pytest.skip("redis-server not installed")
-    import redis
-
-    port = _free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    client = redis.Redis(port=port)
+def redis_url() -> Iterator[str]:
+    """This test's own redis-server on a free port (skipped locally without the binary, failed under CI)."""
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
+        server = RedisServer()
+    except ServiceMissing as exc:
+        service_missing(str(exc))
+    server.start()
+    try:
+        yield server.url
     finally:
-        client.close()
-        proc.terminate()
-        proc.wait(10)
+        server.stop()
 
 
 @pytest.mark.services
@@ -482,7 +455,7 @@ def test_dramatiq_cli_serves_everything_on_one_port(redis_url: str, s3_server: A
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
     (metrics_dir / "counter_999999.db").write_bytes(b"stale from a previous run")
-    port = _free_port()
+    port = free_port()
     env = _clean_env(
         RENDER_REDIS_URL=redis_url,
         RENDER_METRICS_PORT=str(port),
@@ -495,7 +468,7 @@ def test_dramatiq_cli_serves_everything_on_one_port(redis_url: str, s3_server: A
         AWS_ACCESS_KEY_ID=s3_server.access_key,
         AWS_SECRET_ACCESS_KEY=s3_server.secret_key,
         AWS_DEFAULT_REGION=s3_server.region,
-        dramatiq_prom_port=str(_free_port()),  # were Dramatiq's own server started, it would show up here
+        dramatiq_prom_port=str(free_port()),  # were Dramatiq's own server started, it would show up here
     )
 
     # Three jobs for the worker, two on the webhook queue nobody consumes here.

@@ -9,7 +9,6 @@ absent by design (not zeros), and are checked against the worker's own definitio
 from __future__ import annotations
 
 import json
-import socket
 import urllib.request
 from collections import defaultdict
 
@@ -17,14 +16,9 @@ import pytest
 from farm import farm, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 from promql import SYNTHETIC, dashboard_and_rule_exprs, promql_metric_names
+from services import free_port
 
 pytestmark = pytest.mark.services
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def scrape(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:

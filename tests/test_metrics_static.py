@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from services import service_missing
 
 try:  # `python -m pytest` from the repository root, or tests/ as a package
     from tests.promql import ROOT, RULE_FILES, SYNTHETIC, all_exprs, dashboard_and_rule_exprs, promql_metric_names
@@ -329,9 +330,7 @@ def test_every_deploy_metric_exists_in_a_scrape(scraped_names: set[str]) -> None
 def _promtool() -> str | None:
     path = shutil.which("promtool")
     if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("promtool is required under CI (make services installs Debian's prometheus package)")
-        pytest.skip("promtool not installed (apt-get install --no-install-recommends prometheus)")
+        service_missing("promtool is not installed (Debian's prometheus package)")
     return path
 
 
