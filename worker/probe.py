@@ -540,7 +540,8 @@ def probe(
         with open_source() as container:
             vs = container.streams[v_index]
             frame = _first_frame(container, vs, max_pixels, deadline)
-            v_start = (float(frame.pts * vs.time_base) if frame.pts is not None else 0.0) - c_start
+            # (+ 0.0 turns the -0.0 of "0 - 0.0" into 0.0 for the JSON the CLI prints)
+            v_start = (float(frame.pts * vs.time_base) if frame.pts is not None else 0.0) - c_start + 0.0
         with open_source() as container:
             vs = container.streams[v_index]
             cadence = _scan_video_packets(container, vs, deadline)
@@ -576,7 +577,7 @@ def probe(
         with open_source() as container:
             astream = container.streams[a_index]
             aframe = _first_frame(container, astream, max_pixels, deadline)
-            a_start = (float(aframe.pts * astream.time_base) if aframe.pts is not None else 0.0) - c_start
+            a_start = (float(aframe.pts * astream.time_base) if aframe.pts is not None else 0.0) - c_start + 0.0
             layout = aframe.layout.name if aframe.layout is not None else ""
             sample_rate = aframe.sample_rate or astream.codec_context.sample_rate
             channels = len(aframe.layout.channels) if aframe.layout is not None else astream.codec_context.channels
