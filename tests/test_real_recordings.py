@@ -136,6 +136,9 @@ CASES = {
     "audio_tail": [Segment(0.4123, 1.6071), Segment(2.0177, 3.5123), Segment(3.8089, 6.4311)],
     "vfr_jitter": [Segment(0.2, 2.0), Segment(2.5, 5.0), Segment(5.3, 7.9)],
     "vfr": [Segment(1.0, 6.0), Segment(9.5, 15.25), Segment(16.0, 19.5)],
+    # HDR: frames exact through the tone mapping (test_hdr_is_tone_mapped_to_sdr_bt709 checks the picture)
+    "hlg": [Segment(0.1, 0.9), Segment(1.2, 1.95)],
+    "pq": [Segment(0.05, 0.75), Segment(1.0, 1.8)],
 }
 
 
