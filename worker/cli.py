@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 import click
 
 from worker import presets as presets_mod
-from worker.errors import ErrorCode, InvalidJob, RenderError
+from worker.errors import ErrorCode, InvalidJob, RenderError, excerpt
 from worker.output import OutputSpec
 from worker.plan import Segment, parse_plan, plan_byte_limit
 from worker.settings import Settings
@@ -493,6 +493,44 @@ def status(render_id: str) -> None:
     if record is None:
         fail(InvalidJob(f"no render record {render_id!r}"))
     click.echo(json.dumps(record, indent=2))
+
+
+def cancel_render(render_id: str, reason: str | None = None, settings: Settings | None = None) -> Any:
+    """Cancel a render (the library call behind ``render-cli cancel``); returns the store's ``CancelResult``."""
+    from worker.records import RedisRecordStore
+
+    settings = settings or Settings.from_env()
+    store = RedisRecordStore.from_url(settings.redis_url, ttl_s=settings.record_ttl_s)
+    return store.cancel(render_id, reason)
+
+
+@main.command()
+@click.argument("render_id")
+@click.option("--reason", default=None, help="Who asked and why (free text; kept to 200 printable characters).")
+@version_option
+def cancel(render_id: str, reason: str | None) -> None:
+    """Cancel a pending or processing render; prints the record as JSON.
+
+    A render that already ended (completed, failed, cancelled) is left as it is, and stderr says so (exit 0).
+    The worker rendering it stops ffmpeg within about a second and sends render.cancelled.
+    """
+    from worker.jobs import is_id
+
+    if not is_id(render_id):
+        fail(InvalidJob(f"not a render id: {excerpt(render_id)}"))
+    try:
+        result = cancel_render(render_id, reason, Settings.from_env(warn_unknown=False))
+    except RenderError as err:
+        fail(err)
+    except Exception as exc:  # noqa: BLE001
+        _queue_main_guard(exc)
+    if result.status == "missing":
+        fail(InvalidJob(f"no render record {render_id!r}"))
+    if result.changed:
+        click.echo(f"cancelled render {render_id} (it was {result.state})", err=True)
+    else:
+        click.echo(f"render {render_id} had already ended ({result.state}): nothing changed", err=True)
+    click.echo(json.dumps(result.record, indent=2))
 
 
 def dramatiq_argv(settings: Settings, processes: int, threads: int) -> list[str]:

@@ -13,7 +13,8 @@ Tree::
     ├── EncodeError                 encode_failed        (permanent; an NVENC one falls back to CPU in the job)
     ├── StorageError                storage_failed       (transient until retries run out)
     ├── RenderTimeout               timeout              (permanent)
-    ├── Cancelled                   internal_error       (the job was asked to stop)
+    ├── Cancelled                   internal_error       (the job was asked to stop: shutdown; retried elsewhere)
+    ├── CancelRequested             internal_error       (the render's record was cancelled: stop for good)
     └── ConfigError                 internal_error       (the operator's: a bad RENDER_* setting stops the
                                                           process; missing credentials fail the job once)
 
@@ -153,6 +154,18 @@ class Cancelled(RenderError):
 
     code = ErrorCode.INTERNAL_ERROR
     transient = True
+
+
+class CancelRequested(RenderError):
+    """The render's record was cancelled (the API, ``render-cli cancel``): it stops for good and is never retried.
+
+    Not a :class:`Cancelled`: that one means "this worker is going away", and the
+    queue layer puts such a job back for another worker. Never leaves
+    :func:`worker.pipeline.process`, which turns it into ``Outcome.CANCELLED``.
+    """
+
+    code = ErrorCode.INTERNAL_ERROR
+    transient = False
 
 
 class ConfigError(RenderError):

@@ -18,7 +18,21 @@ Retry policy, in one place:
   transient error comes after the output was rendered (an upload that failed),
   so the retry uploads that output instead of rendering it again;
 * unexpected exceptions are bugs: the record fails with ``internal_error``
-  rather than looping through retries.
+  rather than looping through retries;
+* a render whose record was cancelled (:meth:`RecordStore.cancel`) stops for
+  good: :class:`_Watch` reads the record's state every :data:`CANCEL_POLL_S`
+  while the job runs and stops ffmpeg through the render's cancel event; the
+  partial output and the scratch directory go, nothing is uploaded (an object
+  uploaded just before the cancel landed is deleted again), the message is
+  acknowledged and ``render.cancelled`` is handed over.
+
+Who sends ``render.cancelled``: whoever handles the job's message and finds
+the record cancelled with no event handed over yet (:func:`_terminal_event`),
+exactly as for a lost ``render.completed``. That is the worker rendering it
+when the cancel lands, or, for a render cancelled while queued (or whose
+worker crashed), the worker that picks the message up and acknowledges it.
+The canceller sends nothing: it does not hold the webhook (only the message
+does), and a single sender keeps the event to one.
 """
 
 from __future__ import annotations
@@ -41,7 +55,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from worker.errors import Cancelled, ErrorCode, InvalidJob, RenderError, SourceError, redact
+from worker.errors import Cancelled, CancelRequested, ErrorCode, InvalidJob, RenderError, SourceError, redact
 from worker.jobs import Job, Webhook, asset_id_of, is_id, parse_job, render_id_of, webhook_of
 from worker.output import OutputSpec
 from worker.presets import FORMATS, load_preset
@@ -57,6 +71,11 @@ REUSE_OUTPUT = True
 
 COMPLETED = "render.completed"
 FAILED = "render.failed"
+CANCELLED = "render.cancelled"
+#: How often a running job reads its record's state to notice a cancel (one HGET; "within about a second").
+CANCEL_POLL_S = 0.5
+#: How often the watch passes the worker's shutdown event on to the render (ffmpeg is stopped within this).
+_SHUTDOWN_POLL_S = 0.05
 #: Longest error_message stored in a record or sent in an event.
 MAX_ERROR_MESSAGE = 300
 
@@ -64,6 +83,7 @@ MAX_ERROR_MESSAGE = 300
 class Outcome(enum.Enum):
     COMPLETED = "completed"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # the record was cancelled: stopped (or never started), acknowledged
     DUPLICATE = "duplicate"  # already terminal: nothing done
 
 
@@ -94,6 +114,8 @@ class Observer:
     ) -> None: ...
 
     def failed(self, code: str, fmt: str) -> None: ...
+
+    def cancelled(self, fmt: str) -> None: ...
 
     def uploaded(self, size: int, seconds: float) -> None: ...
 
@@ -270,6 +292,65 @@ class _Lease:
             self._write()
 
 
+class _Watch:
+    """The render's stop signal: set when its record is cancelled, or when the worker's ``shutdown`` event is.
+
+    ffmpeg (and so the render) takes one cancel event, which must fire for both
+    reasons; :attr:`requested` says which one it was. The record is read every
+    :data:`CANCEL_POLL_S` from a thread of its own, so a cancel is noticed
+    within about half a second whatever the render is doing. The lease renewal
+    could carry it too, but it runs only every ``lease_ttl_s / 3`` (10 s).
+    """
+
+    def __init__(self, deps: Deps, render_id: str, shutdown: threading.Event | None) -> None:
+        self.deps = deps
+        self.render_id = render_id
+        self.shutdown = shutdown
+        self.stop = threading.Event()
+        self.requested = threading.Event()  # the record is cancelled
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"cancel-watch-{render_id}", daemon=True)
+
+    def __enter__(self) -> _Watch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=5)
+
+    def check(self) -> bool:
+        """Read the record now; True (and the render stopped) if it is cancelled."""
+        try:
+            state = self.deps.records.state(self.render_id)
+        except RenderError as exc:  # Redis away for a moment: the next poll asks again
+            log.warning("cancel check for %s failed: %s", self.render_id, exc)
+            return self.requested.is_set()
+        if state == "cancelled":
+            self.requested.set()
+            self.stop.set()
+        return self.requested.is_set()
+
+    def cancelled(self) -> bool:
+        """Whether the record is cancelled, asking once more if the watch has not seen it yet."""
+        return self.requested.is_set() or self.check()
+
+    def raise_if_stopped(self) -> None:
+        if self.check():
+            raise CancelRequested(f"render {self.render_id} was cancelled")
+        if self.stop.is_set():
+            raise Cancelled("the render was cancelled")
+
+    def _run(self) -> None:
+        next_poll = time.monotonic() + CANCEL_POLL_S
+        while not self._done.wait(_SHUTDOWN_POLL_S):
+            if self.shutdown is not None and self.shutdown.is_set():
+                self.stop.set()
+            if time.monotonic() >= next_poll:
+                next_poll = time.monotonic() + CANCEL_POLL_S
+                self.check()
+
+
 class EventNotQueued(RenderError):
     """The record is final but its event could not be handed over: redeliver, and the event goes out then."""
 
@@ -294,16 +375,48 @@ def _send(deps: Deps, event_type: str, render_id: str, asset_id: str, webhook: W
         raise EventNotQueued(f"could not enqueue {event_type} for {render_id}: {exc}") from exc
 
 
-def _terminal_event(deps: Deps, render_id: str, webhook: Webhook | None) -> None:
-    """For a duplicate of a finished render: send its event only if it never went out."""
+def _terminal_event(deps: Deps, render_id: str, webhook: Webhook | None) -> bool:
+    """For a render that ended (here or elsewhere): send its event only if it never went out.
+
+    Returns whether this call handed one over. Whoever hands over ``render.cancelled`` also counts the cancel
+    (``render_jobs_total{outcome="cancelled"}``), so a cancelled render is counted once, wherever it ends.
+    """
     rec = deps.records.get(render_id)
     if rec is None or deps.records.event_marked(render_id):
-        return
+        return False
+    asset_id = rec.get("asset_id") or ""
     if rec["state"] == "completed":
-        _send(deps, COMPLETED, render_id, rec.get("asset_id") or "", webhook, {})
+        _send(deps, COMPLETED, render_id, asset_id, webhook, {})
     elif rec["state"] == "failed":
         extra = {"error_code": rec.get("error_code"), "error_message": rec.get("error_message")}
-        _send(deps, FAILED, render_id, rec.get("asset_id") or "", webhook, extra)
+        _send(deps, FAILED, render_id, asset_id, webhook, extra)
+    elif rec["state"] == "cancelled":
+        _send(deps, CANCELLED, render_id, asset_id, webhook, {"cancel_reason": rec.get("cancel_reason")})
+        deps.observer.cancelled(str((rec.get("output") or {}).get("format") or ""))
+    else:
+        return False
+    return True
+
+
+def _output_key(settings: Settings, job: Job) -> str:
+    return output_key(settings.output_prefix, job.render_id, load_preset(job.output.format).extension)
+
+
+def _cancelled(deps: Deps, job: Job, *, may_have_uploaded: bool) -> Outcome:
+    """A job whose record is cancelled: leave nothing behind on this host or in storage, then the event once.
+
+    ``may_have_uploaded``: the output may be in storage (a cancel that landed during the upload, or a
+    redelivery after a worker that had started it crashed); the object is deleted again.
+    """
+    with Scratch(deps.settings.work_dir, job.render_id):
+        pass  # a scratch directory kept for an upload retry on this host: entered without keep, so removed
+    if may_have_uploaded:
+        try:
+            deps.storage.delete(_output_key(deps.settings, job))
+        except RenderError as exc:  # the event still goes out; the log names the orphan
+            log.error("render %s was cancelled but its output could not be deleted: %s", job.render_id, exc)
+    _terminal_event(deps, job.render_id, job.webhook)
+    return Outcome.CANCELLED
 
 
 def _fail(
@@ -356,6 +469,11 @@ def process(
     defaults = _job_defaults(job)
     started = deps.records.start(job.render_id, token, settings.lease_ttl_s, defaults)
     if started.status == "terminal":
+        if started.state == "cancelled":
+            # Cancelled while queued (never started: started_at stays empty), or while a worker that has since
+            # crashed rendered it. Either way it stays cancelled: the message is acknowledged, not rendered.
+            rec = deps.records.get(job.render_id) or {}
+            return _cancelled(deps, job, may_have_uploaded=bool(rec.get("started_at")))
         _terminal_event(deps, job.render_id, job.webhook)
         return Outcome.DUPLICATE
     if started.status == "busy":
@@ -365,14 +483,29 @@ def process(
     wall_started = time.monotonic()
     deps.observer.started(fmt)
     try:
-        with Scratch(settings.work_dir, job.render_id) as scratch, _Lease(deps, job.render_id, token) as lease:
+        with (
+            Scratch(settings.work_dir, job.render_id) as scratch,
+            _Lease(deps, job.render_id, token) as lease,
+            _Watch(deps, job.render_id, cancel) as watch,
+        ):
             try:
-                result = _run(job, deps, lease, cancel, scratch)
-            except RenderError as err:
-                # Kept only for a retry of this render, which may then skip straight to the upload.
-                retried = err.transient and (not last_attempt or isinstance(err, Cancelled))
-                scratch.keep = retried and not isinstance(err, LeaseBusy)
+                result = _run(job, deps, lease, watch, scratch)
+            except Exception as exc:
+                if watch.cancelled():
+                    # Whatever stopped the render (ffmpeg killed, the lease refused), the record is cancelled:
+                    # the scratch directory goes with it and nothing is retried.
+                    scratch.keep = False
+                    if isinstance(exc, CancelRequested):
+                        raise
+                    raise CancelRequested(f"render {job.render_id} was cancelled") from exc
+                if isinstance(exc, RenderError):
+                    # Kept only for a retry of this render, which may then skip straight to the upload.
+                    retried = exc.transient and (not last_attempt or isinstance(exc, Cancelled))
+                    scratch.keep = retried and not isinstance(exc, LeaseBusy)
                 raise
+    except CancelRequested:
+        # The upload may have been under way when the cancel landed (it is checked just before it starts).
+        return _cancelled(deps, job, may_have_uploaded=True)
     except LeaseBusy:
         # Another worker took the render over while this one was stalled: it owns
         # the record now, so this delivery just steps aside.
@@ -394,20 +527,24 @@ def process(
         "size_bytes": result.size_bytes,
         "duration_s": round(result.duration_s, 6),
         "encoder": result.encoder,
-        "output_key": output_key(settings.output_prefix, job.render_id, load_preset(fmt).extension),
+        "output_key": _output_key(settings, job),
     }
     if deps.records.complete(job.render_id, token, fields):
         wall = time.monotonic() - wall_started
         deps.observer.finished("completed", fmt, result.encoder, wall, result.duration_s, result.source_duration_s)
         _send(deps, COMPLETED, job.render_id, job.asset_id, job.webhook, {})
         return Outcome.COMPLETED
+    if deps.records.state(job.render_id) == "cancelled":
+        # The cancel won the race with this completion after the upload: the cancel is what the record says,
+        # so the object it would have pointed at goes again.
+        return _cancelled(deps, job, may_have_uploaded=True)
     # Our lease was gone by then: someone else finished it first (the same render to the same key),
     # or holds it now and will finish it.
     _terminal_event(deps, job.render_id, job.webhook)
     return Outcome.DUPLICATE
 
 
-def _run(job: Job, deps: Deps, lease: _Lease, cancel: threading.Event | None, scratch: Scratch) -> RenderResult:
+def _run(job: Job, deps: Deps, lease: _Lease, watch: _Watch, scratch: Scratch) -> RenderResult:
     settings = deps.settings
     deadline = time.monotonic() + settings.time_limit_s
     preset = load_preset(job.output.format)
@@ -429,6 +566,7 @@ def _run(job: Job, deps: Deps, lease: _Lease, cancel: threading.Event | None, sc
             )
         src = tmp / f"source{_ext_of(job.source_uri)}"
         deps.storage.fetch(job.source_uri, src)
+        watch.raise_if_stopped()  # a download is not interruptible: check what happened meanwhile
         result = deps.renderer(
             src,
             job.segments,
@@ -436,11 +574,13 @@ def _run(job: Job, deps: Deps, lease: _Lease, cancel: threading.Event | None, sc
             out,
             settings=settings,
             on_progress=lease.on_progress,
-            cancel=cancel,
+            cancel=watch.stop,
             deadline=deadline,
         )
         src.unlink(missing_ok=True)  # not needed again: a retry uploads the output
         (tmp / _RENDERED).write_text(json.dumps({"fingerprint": fingerprint, "result": result.to_dict()}))
+    # Asked now rather than at the next poll: a cancel that landed during the last half second uploads nothing.
+    watch.raise_if_stopped()
     if lease.lost.is_set():
         raise LeaseBusy(f"lost the lease on {job.render_id} while rendering")
     key = output_key(settings.output_prefix, job.render_id, preset.extension)

@@ -1,9 +1,11 @@
 """Render records and their guarded state transitions.
 
-A record moves ``pending → processing → completed | failed``; only the last two
-are terminal. Every transition is one atomic step (a Lua script in Redis, a
-lock in memory) that checks the current state first, so a duplicate or late
-redelivery of a finished render changes nothing.
+A record moves ``pending → processing → completed | failed | cancelled``, and a
+pending render may also go straight to ``cancelled``; the last three are
+terminal. Every transition is one atomic step (a Lua script in Redis, a lock in
+memory) that checks the current state first, so a duplicate or late
+redelivery of a finished render changes nothing, and a cancel racing with a
+completion leaves exactly one of them in the record.
 
 A *lease* says which worker is rendering right now. It is renewed while the
 render runs and lapses ``lease_ttl_s`` after its worker dies, so a job that
@@ -19,7 +21,12 @@ against each):
   lets its last holder renew, complete or fail: its render is still the latest;
 * a terminal record never changes again, whoever asks;
 * only ``create``, ``start`` and ``fail`` may create a record; ``release``,
-  ``progress``, ``complete`` and ``mark_event`` never do.
+  ``progress``, ``complete``, ``cancel`` and ``mark_event`` never do;
+* ``cancel`` is the one transition that needs no lease token: it is asked for
+  from outside (the API, ``render-cli cancel``). It moves a pending or
+  processing record to ``cancelled`` and drops the lease, so the worker
+  rendering it can no longer renew, complete, fail or release it; the worker
+  notices (it polls :meth:`RecordStore.state` while rendering) and stops.
 
 Two implementations share the :class:`RecordStore` interface: Redis for the
 fleet and memory for ``render-cli`` and unit tests.
@@ -38,9 +45,11 @@ from typing import Any
 
 import redis
 
-from worker.errors import StorageError
+from worker.errors import StorageError, redact
 
-TERMINAL = ("completed", "failed")
+TERMINAL = ("completed", "failed", "cancelled")
+#: Longest cancel reason kept in a record (it is free text from whoever asked).
+MAX_REASON_CHARS = 200
 # Fields of the public record (DESIGN.md); the rest of the hash is internal.
 PUBLIC_FIELDS = (
     "id",
@@ -55,6 +64,8 @@ PUBLIC_FIELDS = (
     "created_at",
     "started_at",
     "completed_at",
+    "cancelled_at",
+    "cancel_reason",
     "progress",
     "encoder",
     "attempts",
@@ -72,6 +83,41 @@ class StartResult:
     status: str  # "started", "terminal" or "busy"
     attempts: int = 0
     state: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class CancelResult:
+    """What a cancel did: ``cancelled`` (it moved the record), ``terminal`` (nothing: it had ended) or ``missing``.
+
+    ``state`` is the state the record was in when asked (None when missing); ``record`` the record afterwards.
+    """
+
+    status: str
+    state: str | None = None
+    record: dict[str, Any] | None = None
+
+    @property
+    def changed(self) -> bool:
+        return self.status == "cancelled"
+
+
+def clean_reason(reason: Any) -> str:
+    """A cancel reason as stored: printable text on one line, secrets redacted, at most :data:`MAX_REASON_CHARS`.
+
+    It is free text from the API or an operator and ends up in the public
+    record, so it gets the same treatment as an error message: every
+    character Python does not call printable (controls, line and paragraph
+    separators, zero-width and bidirectional-override characters) becomes a
+    space, so a reason cannot forge a log line or reorder what a reader sees;
+    runs of spaces collapse; a ``whsec_`` secret is redacted before the text is
+    cut, so a secret cut short is still hidden.
+    """
+    if reason is None:
+        return ""
+    text = reason if isinstance(reason, str) else str(reason)
+    text = text[: MAX_REASON_CHARS * 8]  # bound the work on a huge value
+    text = redact(" ".join("".join(c if c.isprintable() else " " for c in text).split()))
+    return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 1] + "…"
 
 
 def decode_record(raw: Mapping[str, str]) -> dict[str, Any]:
@@ -139,7 +185,20 @@ class RecordStore(abc.ABC):
         """
 
     @abc.abstractmethod
+    def cancel(self, render_id: str, reason: Any = None) -> CancelResult:
+        """pending | processing → cancelled, with ``cancelled_at`` and the cleaned ``reason``; drops the lease.
+
+        Needs no token (the canceller holds none). Changes nothing for a terminal record (``terminal``) and
+        never creates one (``missing``).
+        """
+
+    @abc.abstractmethod
     def get_raw(self, render_id: str) -> dict[str, str] | None: ...
+
+    def state(self, render_id: str) -> str | None:
+        """Just the state (cheap: a rendering worker asks this twice a second to notice a cancel)."""
+        raw = self.get_raw(render_id)
+        return raw.get("state") if raw else None
 
     @abc.abstractmethod
     def mark_event(self, render_id: str) -> None:
@@ -160,7 +219,7 @@ class RecordStore(abc.ABC):
 
 _START = """
 local state = redis.call('HGET', KEYS[1], 'state')
-if state == 'completed' or state == 'failed' then return {'terminal', 0, state} end
+if state == 'completed' or state == 'failed' or state == 'cancelled' then return {'terminal', 0, state} end
 local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[1] then return {'busy', 0, state or ''} end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
@@ -198,7 +257,7 @@ return 1
 
 _FAIL = """
 local state = redis.call('HGET', KEYS[1], 'state')
-if state == 'completed' or state == 'failed' then return 0 end
+if state == 'completed' or state == 'failed' or state == 'cancelled' then return 0 end
 local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[6] then return 0 end
 if not state then
@@ -222,6 +281,18 @@ for k, v in pairs(note) do redis.call('HSET', KEYS[1], k, v) end
 return 1
 """
 
+# No token: whoever asks may cancel a render that has not ended. The lease goes, so the worker rendering it
+# is refused from now on (progress, complete, fail, release all need 'processing').
+_CANCEL = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return {'missing', ''} end
+if state == 'completed' or state == 'failed' or state == 'cancelled' then return {'terminal', state} end
+redis.call('HSET', KEYS[1], 'state', 'cancelled', 'cancelled_at', ARGV[1], 'cancel_reason', ARGV[2],
+           'error_code', '', 'error_message', '')
+redis.call('DEL', KEYS[2])
+return {'cancelled', state}
+"""
+
 _MARK_EVENT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'event_enqueued', '1')
@@ -240,6 +311,7 @@ class RedisRecordStore(RecordStore):
         self._fail = client.register_script(_FAIL)
         self._release = client.register_script(_RELEASE)
         self._mark_event = client.register_script(_MARK_EVENT)
+        self._cancel = client.register_script(_CANCEL)
 
     @classmethod
     def from_url(cls, url: str, *, ttl_s: int = 30 * 86400) -> RedisRecordStore:
@@ -295,9 +367,17 @@ class RedisRecordStore(RecordStore):
         args = [token, json.dumps(encode_fields(note or {}))]
         return bool(self._call(self._release, keys=self._keys(render_id), args=args))
 
+    def cancel(self, render_id: str, reason: Any = None) -> CancelResult:
+        args = [now_iso(), clean_reason(reason)]
+        status, state = self._call(self._cancel, keys=self._keys(render_id), args=args)
+        return CancelResult(status, state or None, self.get(render_id))
+
     def get_raw(self, render_id: str) -> dict[str, str] | None:
         raw = self._call(self.r.hgetall, self._keys(render_id)[0])
         return dict(raw) if raw else None
+
+    def state(self, render_id: str) -> str | None:
+        return self._call(self.r.hget, self._keys(render_id)[0], "state") or None
 
     def mark_event(self, render_id: str) -> None:
         self._call(self._mark_event, keys=self._keys(render_id), args=[])
@@ -410,6 +490,29 @@ class MemoryRecordStore(RecordStore):
             self._leases.pop(render_id, None)
             rec.update(encode_fields(note or {}))
             return True
+
+    def cancel(self, render_id: str, reason: Any = None) -> CancelResult:
+        cleaned = clean_reason(reason)
+        with self._lock:
+            rec = self._data.get(render_id)
+            if rec is None:
+                return CancelResult("missing")
+            state = rec.get("state")
+            if state in TERMINAL:
+                return CancelResult("terminal", state, decode_record(rec))
+            rec.update(
+                encode_fields(
+                    {
+                        "state": "cancelled",
+                        "cancelled_at": now_iso(),
+                        "cancel_reason": cleaned,
+                        "error_code": None,
+                        "error_message": None,
+                    }
+                )
+            )
+            self._leases.pop(render_id, None)
+            return CancelResult("cancelled", state, decode_record(rec))
 
     def get_raw(self, render_id: str) -> dict[str, str] | None:
         with self._lock:

@@ -1,6 +1,6 @@
 """Terminal events, signed with Standard Webhooks and delivered only to public addresses.
 
-Each job ends with ``render.completed`` or ``render.failed`` posted to the
+Each job ends with ``render.completed``, ``render.failed`` or ``render.cancelled`` posted to the
 job's webhook URL (DESIGN.md, "Terminal events"). The pieces here are small
 and pure where they can be, so the queue layer schedules attempts with its
 own retries:
@@ -59,7 +59,8 @@ from worker.errors import InvalidJob, excerpt
 
 RENDER_COMPLETED = "render.completed"
 RENDER_FAILED = "render.failed"
-EVENT_TYPES = (RENDER_COMPLETED, RENDER_FAILED)
+RENDER_CANCELLED = "render.cancelled"
+EVENT_TYPES = (RENDER_COMPLETED, RENDER_FAILED, RENDER_CANCELLED)
 
 SECRET_PREFIX = "whsec_"
 USER_AGENT = "render-worker/0.1 (Standard Webhooks)"
