@@ -19,7 +19,15 @@ import pytest
 import redis
 from farm import wait_for
 
-from worker.records import MemoryRecordStore, RecordStore, RedisRecordStore, StartResult, decode_record
+from worker.records import (
+    MAX_REASON_CHARS,
+    CancelResult,
+    MemoryRecordStore,
+    RecordStore,
+    RedisRecordStore,
+    StartResult,
+    decode_record,
+)
 
 if TYPE_CHECKING:
     from services import RedisServer
@@ -134,14 +142,15 @@ def test_start_without_a_record_creates_it_from_defaults(store: RecordStore) -> 
 
 
 def test_only_create_start_and_fail_create_records(store: RecordStore) -> None:
-    """A release (or progress, complete, event mark) for an unknown id leaves no record behind: on Redis
+    """A release (or progress, complete, cancel, event mark) for an unknown id leaves no record behind: on Redis
     such a record would have no TTL and never expire."""
     r = rid()
     assert store.release(r, "tok", {"error_message": "retrying after: x"}) is False
     assert not store.progress(r, "tok", 0.5, 30)
     assert not store.complete(r, "tok", DONE)
+    assert store.cancel(r, "no such render") == CancelResult("missing")
     store.mark_event(r)
-    assert store.get_raw(r) is None
+    assert store.get_raw(r) is None and store.state(r) is None
 
 
 def test_get_missing(store: RecordStore) -> None:
@@ -262,13 +271,15 @@ def test_fail_while_processing_drops_the_lease(store: RecordStore) -> None:
     assert store.start(r, "tok-b", 30, DEFAULTS).status == "terminal"
 
 
-@pytest.mark.parametrize("final", ["completed", "failed"])
+@pytest.mark.parametrize("final", ["completed", "failed", "cancelled"])
 def test_terminal_records_are_immutable(store: RecordStore, final: str) -> None:
     r = started(store, "tok-a")
     if final == "completed":
         assert store.complete(r, "tok-a", {"size_bytes": 10, "output_key": "k"})
-    else:
+    elif final == "failed":
         assert store.fail(r, "tok-a", "encode_failed", "ffmpeg exited 1", DEFAULTS)
+    else:
+        assert store.cancel(r, "wrong cut").changed
     store.mark_event(r)
     before = store.get_raw(r)
 
@@ -283,6 +294,10 @@ def test_terminal_records_are_immutable(store: RecordStore, final: str) -> None:
         assert store.release(r, token, {"state": "processing", "error_message": "retrying after: x"}) is False
     assert not store.fail(r, None, "invalid_job", "late", DEFAULTS)
     assert not store.create(r, DEFAULTS)
+    # Cancelling an ended render changes nothing and says so, with the state it found.
+    again_cancel = store.cancel(r, "too late")
+    assert (again_cancel.status, again_cancel.state, again_cancel.changed) == ("terminal", final, False)
+    assert again_cancel.record is not None and again_cancel.record["state"] == final
     assert store.get_raw(r) == before
 
 
@@ -302,6 +317,119 @@ def test_event_mark(store: RecordStore) -> None:
     store.mark_event(r)
     assert store.event_marked(r)
     assert not store.event_marked(rid())
+
+
+# -- cancel ------------------------------------------------------------------------------------------------------
+
+
+def test_cancel_a_pending_render_and_it_never_starts(store: RecordStore) -> None:
+    r = rid()
+    assert store.create(r, DEFAULTS)
+    res = store.cancel(r, "wrong cut")
+    assert (res.status, res.state, res.changed) == ("cancelled", "pending", True)
+    assert res.record is not None and res.record["state"] == "cancelled" and res.record["cancel_reason"] == "wrong cut"
+    assert res.record["cancelled_at"] and res.record["started_at"] is None
+    # The queued message is picked up later: the start is refused, and nothing of a start is written.
+    assert store.start(r, "tok-a", 30, DEFAULTS) == StartResult("terminal", 0, "cancelled")
+    rec = store.get(r)
+    assert rec is not None and rec["state"] == "cancelled" and rec["started_at"] is None and rec["attempts"] == 0
+    assert store.state(r) == "cancelled"
+
+
+def test_cancel_a_processing_render_locks_its_worker_out(store: RecordStore) -> None:
+    r = started(store, "tok-a")
+    assert store.progress(r, "tok-a", 0.4, 30)
+    res = store.cancel(r, None)
+    assert (res.status, res.state) == ("cancelled", "processing")
+    before = store.get_raw(r)
+    # The worker rendering it can no longer renew, complete, fail or release it, and a new delivery cannot start it.
+    assert not store.progress(r, "tok-a", 0.9, 30)
+    assert not store.complete(r, "tok-a", DONE)
+    assert not store.fail(r, "tok-a", "encode_failed", "ffmpeg was killed", DEFAULTS)
+    assert store.release(r, "tok-a", {"state": "processing"}) is False
+    assert store.start(r, "tok-b", 30, DEFAULTS).status == "terminal"
+    assert store.get_raw(r) == before
+    rec = store.get(r)
+    assert rec is not None
+    assert rec["state"] == "cancelled" and rec["cancel_reason"] is None and rec["progress"] == 0.4
+    assert rec["completed_at"] is None and rec["cancelled_at"] >= rec["started_at"]
+
+
+def test_cancel_a_render_waiting_for_its_retry(store: RecordStore) -> None:
+    """Released for a retry (processing, no lease): the cancel lands, and the retry finds it ended."""
+    r = started(store, "tok-a")
+    assert store.release(r, "tok-a", {"error_message": "retrying after: storage_failed: S3 down"})
+    assert store.cancel(r, "credits ran out").changed
+    assert store.start(r, "tok-b", 30, DEFAULTS) == StartResult("terminal", 0, "cancelled")
+    rec = store.get(r)
+    assert rec is not None and rec["state"] == "cancelled" and rec["attempts"] == 1
+    assert rec["error_code"] is None and rec["error_message"] is None  # the retry note does not read as a failure
+
+
+def test_cancel_drops_the_lease(kit: Kit) -> None:
+    r = started(kit.store, "tok-a")
+    assert kit.store.cancel(r).changed
+    if isinstance(kit.store, RedisRecordStore):
+        assert kit.client is not None and not kit.client.exists(f"{kit.store.prefix}:{r}:lease")
+    else:
+        assert r not in kit.store._leases
+
+
+def test_cancel_reason_is_printable_bounded_and_secret_free(store: RecordStore) -> None:
+    r = rid()
+    store.create(r, DEFAULTS)
+    secret = "whsec_" + "A" * 40
+    raw = "ops:\tjane\r\nFAKE LOG LINE\u202e\x00 key " + secret + " " + "x" * 5000
+    rec = store.cancel(r, raw).record
+    assert rec is not None
+    reason = rec["cancel_reason"]
+    assert reason.startswith("ops: jane FAKE LOG LINE key whsec_<redacted> xxx")
+    assert len(reason) == MAX_REASON_CHARS and reason.endswith("…")
+    assert reason.isprintable() and secret[6:] not in reason
+
+
+def test_cancel_racing_with_completion_ends_in_one_terminal_state(kit: Kit) -> None:
+    """The worker's complete and the API's cancel at the same instant, many times: one wins, the other is told.
+
+    A barrier releases both threads together; the store's guard is all that decides.
+    """
+    import threading
+
+    store = kit.store
+    wins = {"completed": 0, "cancelled": 0}
+    for i in range(150):
+        r = started(store, "tok-a")
+        barrier = threading.Barrier(2)
+        got: dict[str, object] = {}
+
+        def do_complete(r: str = r, barrier: threading.Barrier = barrier, got: dict = got) -> None:
+            barrier.wait()
+            got["complete"] = store.complete(r, "tok-a", DONE)
+
+        def do_cancel(r: str = r, barrier: threading.Barrier = barrier, got: dict = got) -> None:
+            barrier.wait()
+            got["cancel"] = store.cancel(r, "race")
+
+        threads = [threading.Thread(target=do_complete), threading.Thread(target=do_cancel)]
+        if i % 2:
+            threads.reverse()  # neither side always gets the head start
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        cancel = got["cancel"]
+        assert isinstance(cancel, CancelResult)
+        state = store.state(r)
+        # Exactly one of them changed the record, and each caller was told the truth.
+        assert got["complete"] != cancel.changed
+        assert state == ("cancelled" if cancel.changed else "completed")
+        if not cancel.changed:
+            assert (cancel.status, cancel.state) == ("terminal", "completed")
+        rec = store.get(r)
+        assert rec is not None and (rec["cancelled_at"] is None) == (state == "completed")
+        assert (rec["size_bytes"] is None) == (state == "cancelled")
+        wins[str(state)] += 1
+    print(f"\ncancel vs complete, 150 races: {wins}")
 
 
 # -- Redis only: real time and real keys ---------------------------------------------------------------------------
