@@ -627,3 +627,21 @@ def test_operate_doc_explains_every_alert() -> None:
             for rule in group["rules"]:
                 assert rule["alert"] in doc, rule["alert"]
                 assert rule["annotations"]["runbook"] and rule["annotations"]["summary"]
+
+
+def test_cancels_show_beside_failures_and_never_count_as_failures(dashboard: dict[str, Any]) -> None:
+    """A cancel (issue 12) is a finished render someone asked to stop: visible, but never in a failure ratio.
+
+    Every use of render_jobs_total in the alert rules and in the dashboard's failure ratio leaves the
+    cancelled outcome out; the finished-renders panel splits by outcome, so cancels are a line of their own.
+    """
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "rules" / "render-worker.rules.yml").read_text())
+    rule_exprs = [r["expr"] for g in rules["groups"] for r in g["rules"]]
+    uses = [m for e in rule_exprs for m in re.findall(r"render_jobs_total(\{[^}]*\})?", e)]
+    assert uses, "the failure-ratio alert reads render_jobs_total"
+    assert all('outcome!="cancelled"' in (labels or "") for labels in uses), uses
+    targets = [(p["title"], t["expr"]) for p in dashboard["panels"] for t in p.get("targets", [])]
+    by_outcome = [t for t, e in targets if re.search(r"sum by \(outcome\) \(rate\(render_jobs_total\[", e)]
+    assert by_outcome, "no panel shows finished renders by outcome (cancelled beside failed)"
+    ratios = [e for _, e in targets if "render_failures_total" in e and "render_jobs_total" in e]
+    assert ratios and all('render_jobs_total{outcome!="cancelled"}' in e for e in ratios), ratios
