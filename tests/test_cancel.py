@@ -373,3 +373,46 @@ def test_farm_kill_9_after_a_cancel_still_ends_cancelled(
     assert rig.objects() == {} and rig.dead() == [] and ffmpeg_of(second) == []
     assert scratch_left(rig) == []  # the dead worker's scratch directory, removed by the redelivery on this host
     assert "cancelled" in second.log()
+
+
+@pytest.mark.services
+def test_farm_cancels_are_counted_once_and_never_as_failures(
+    redis_server: RedisServer, s3_server: S3Server, media: dict[str, Path], tmp_path: Path
+) -> None:
+    """render_jobs_total{outcome="cancelled"} from a live scrape: one per cancelled render, none failed."""
+    from services import free_port
+    from test_metrics_live import scrape, value
+
+    port = free_port()
+    with farm(redis_server, s3_server, tmp_path, metrics_port=port) as f:
+        worker = f.start_worker()
+
+        def up() -> Any:
+            try:
+                return scrape(port)
+            except OSError:  # the telemetry process may still be binding its port
+                return None
+
+        before = wait_for(up, 30, "the metrics endpoint")
+        # From start-up, before any render: the series is there at 0.
+        assert ("render_jobs_total" in before) and value(before, "render_jobs_total", outcome="cancelled") == 0
+        assert any(lab.get("outcome") == "cancelled" for lab, _ in before["render_jobs_total"])
+        uri = f.upload(media["cfr30"])
+        running = f.enqueue(uri, "mp4", segments=WHOLE)
+        encoding(f, worker, running)
+        assert f.records.cancel(running, "mid-encode").changed
+        queued = f.enqueue(uri, "mp4", segments=WHOLE)
+        assert f.records.cancel(queued, "queued").changed  # whether or not a worker fetched it already
+        wait_for(lambda: f.pending() == 0, 30, "both jobs to be acknowledged")
+
+        def counted() -> Any:
+            s = scrape(port)
+            return s if value(s, "render_jobs_total", outcome="cancelled") == 2 else None
+
+        s = wait_for(counted, 30, "two cancels in the scrape")
+        time.sleep(1)
+        s = scrape(port)
+    assert value(s, "render_jobs_total", outcome="cancelled", format="mp4") == 2
+    assert value(s, "render_jobs_total", outcome="failed") == 0 and value(s, "render_failures_total") == 0
+    assert value(s, "render_jobs_total", outcome="completed") == 0
+    assert value(s, "render_jobs_in_progress") == 0
