@@ -315,14 +315,14 @@ class Farm:
             "webhook": None if webhook is None else {"url": webhook.url, "secret": SECRET},
         }
 
-    def send(self, *args: Any, actor: str = "render") -> str:
-        """Put one raw Dramatiq message on the render queue, as any producer could; returns its message id."""
+    def send(self, *args: Any, actor: str = "render", queue: str | None = None) -> str:
+        """Put one raw Dramatiq message on the render queue (or ``queue``), as any producer could; its message id."""
         import dramatiq
         from dramatiq.brokers.redis import RedisBroker
 
         if self._broker is None:
             self._broker = RedisBroker(url=self.redis_server.url)
-        message = dramatiq.Message(queue_name=self.queue, actor_name=actor, args=args, kwargs={}, options={})
+        message = dramatiq.Message(queue_name=queue or self.queue, actor_name=actor, args=args, kwargs={}, options={})
         self._broker.enqueue(message)
         return message.message_id
 

@@ -416,3 +416,25 @@ def test_farm_cancels_are_counted_once_and_never_as_failures(
     assert value(s, "render_jobs_total", outcome="failed") == 0 and value(s, "render_failures_total") == 0
     assert value(s, "render_jobs_total", outcome="completed") == 0
     assert value(s, "render_jobs_in_progress") == 0
+
+
+@pytest.mark.services
+def test_farm_two_copies_of_one_event_at_once_post_once(rig: Farm, webhook_receiver: WebhookReceiver) -> None:
+    """Two workers that both found an event unsent hand over two copies: the receiver still gets one POST.
+
+    The receiver answers the first attempt after 2 s, so both copies are in flight together; the second
+    finds the first's claim, waits its turn, and then finds the event delivered.
+    """
+    from farm import SECRET
+
+    webhook_receiver.respond((200, 2.0))
+    rig.start_worker(threads=2)
+    rid = "rnd_twocopies" + rig.tag
+    args = ("render.cancelled", rid, "ast_1", webhook_receiver.url, SECRET, {"cancel_reason": "x"})
+    for _ in range(2):
+        rig.send(*args, actor="deliver_webhook", queue=rig.webhook_queue)
+    wait_for(lambda: rig.pending(rig.webhook_queue) == 0, 30, "both copies to be done")
+    time.sleep(0.5)
+    events = verified_events(webhook_receiver)
+    assert [e["type"] for e in events[rid]] == ["render.cancelled"]
+    assert len(webhook_receiver.received) == 1 and rig.dead(rig.webhook_queue) == []

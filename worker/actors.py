@@ -339,12 +339,26 @@ def _deliver_webhook(
     if client.exists(done_key):
         log.info("webhook %s for %s was delivered already", msg_id, render_id)
         return
-    body = webhooks.build_event(event_type, render_id, asset_id, extra)
-    result = webhooks.deliver_once(
-        url, secret, msg_id, body, settings.webhook_timeout_s, allow_private=settings.webhook_allow_private
-    )
+    # One attempt at a time per render and event: two copies of the same event (two workers that both found it
+    # unsent, say a cancel's and a redelivery's) would otherwise both pass the check above and both POST. The
+    # claim lapses on its own if this process dies mid-attempt; the copy that finds it taken tries again later,
+    # and then finds the event delivered.
+    claim_key = f"render:{render_id}:delivering:{event_type}"
+    claim_ms = int((settings.webhook_timeout_s * 3 + 5) * 1000)  # connect + read timeouts, with room to spare
+    if not client.set(claim_key, msg_id, nx=True, px=claim_ms):
+        raise WebhookNotDelivered(f"webhook {msg_id} is being delivered by another worker; checking again later")
+    try:
+        if client.exists(done_key):  # delivered between the first check and the claim
+            return
+        body = webhooks.build_event(event_type, render_id, asset_id, extra)
+        result = webhooks.deliver_once(
+            url, secret, msg_id, body, settings.webhook_timeout_s, allow_private=settings.webhook_allow_private
+        )
+        if result.delivered:
+            client.set(done_key, "1", ex=settings.record_ttl_s)
+    finally:
+        client.delete(claim_key)
     if result.delivered:
-        client.set(done_key, "1", ex=settings.record_ttl_s)
         _observe_webhook(observer, "delivered")
         return
     current = CurrentMessage.get_current_message()
