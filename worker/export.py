@@ -29,6 +29,7 @@ from pathlib import PurePosixPath
 from xml.sax.saxutils import escape, quoteattr
 
 from worker.errors import InvalidJob
+from worker.output import EXPORT_FORMATS as _NAMES
 from worker.plan import Timeline
 from worker.probe import SourceInfo
 
@@ -47,8 +48,7 @@ _TC = re.compile(r"(\d{1,2})[:;.](\d{2})[:;.](\d{2})([:;.,])(\d{2,3})")
 _NTSC = {Fraction(24000, 1001): 24, Fraction(30000, 1001): 30, Fraction(60000, 1001): 60}
 
 
-def is_export(fmt: str) -> bool:
-    return fmt in EXPORT_FORMATS
+assert tuple(EXPORT_FORMATS) == _NAMES  # the intake's list (worker/output.py) and the writers agree
 
 
 @dataclasses.dataclass(frozen=True)

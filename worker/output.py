@@ -13,6 +13,11 @@ from typing import Any
 from worker.errors import InvalidJob, excerpt
 from worker.presets import FORMATS, Tiers, load_tiers
 
+#: Editor exports (DESIGN, "Editor exports"): timeline documents, never encoded; see worker/export.py.
+EXPORT_FORMATS = ("xmeml", "fcpxml", "edl", "otio")
+#: Everything ``output.format`` accepts: the four media formats, then the four exports.
+OUTPUT_FORMATS = FORMATS + EXPORT_FORMATS
+
 
 @dataclasses.dataclass(frozen=True)
 class OutputSpec:
@@ -36,8 +41,8 @@ class OutputSpec:
         if unknown:
             raise InvalidJob(f"output has unknown field(s): {excerpt(sorted(unknown))}")
         fmt = raw.get("format")
-        if not isinstance(fmt, str) or fmt not in FORMATS:
-            raise InvalidJob(f"output.format must be one of {', '.join(FORMATS)}; got {excerpt(fmt)}")
+        if not isinstance(fmt, str) or fmt not in OUTPUT_FORMATS:
+            raise InvalidJob(f"output.format must be one of {', '.join(OUTPUT_FORMATS)}; got {excerpt(fmt)}")
         res = raw.get("resolution")
         if res is not None and (not isinstance(res, str) or res not in tiers.resolutions):
             allowed = ", ".join(tiers.resolutions)
@@ -50,7 +55,14 @@ class OutputSpec:
         if ab is not None and (type(ab) is not int or ab not in tiers.audio_allowed_kbps):
             allowed = ", ".join(map(str, tiers.audio_allowed_kbps))
             raise InvalidJob(f"output.audio_bitrate must be one of {allowed} (kbps) or null; got {excerpt(ab)}")
+        # An export's resolution and bitrates are checked like any (a typo is still refused) but change nothing:
+        # a timeline document has no pixels or bits to size.
         return cls(format=fmt, resolution=res, video_bitrate=vb, audio_bitrate=ab)
+
+    @property
+    def is_export(self) -> bool:
+        """Whether this output is an editor export (a document, never an encode)."""
+        return self.format in EXPORT_FORMATS
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -57,8 +57,8 @@ from urllib.parse import urlsplit
 
 from worker.errors import Cancelled, CancelRequested, ErrorCode, InvalidJob, RenderError, SourceError, redact
 from worker.jobs import Job, Webhook, asset_id_of, is_id, parse_job, render_id_of, webhook_of
-from worker.output import OutputSpec
-from worker.presets import FORMATS, load_preset
+from worker.output import OUTPUT_FORMATS, OutputSpec
+from worker.presets import load_preset
 from worker.records import RecordStore
 from worker.render import RenderResult, render
 from worker.settings import Settings
@@ -149,7 +149,7 @@ def _defaults_from_raw(raw: Any) -> dict[str, Any]:
             out["output"] = OutputSpec.from_dict(output).to_dict()
         except InvalidJob:
             fmt = output.get("format")
-            if isinstance(fmt, str) and fmt in FORMATS:
+            if isinstance(fmt, str) and fmt in OUTPUT_FORMATS:
                 out["output"] = {"format": fmt}
     return out
 
@@ -399,7 +399,14 @@ def _terminal_event(deps: Deps, render_id: str, webhook: Webhook | None) -> bool
 
 
 def _output_key(settings: Settings, job: Job) -> str:
-    return output_key(settings.output_prefix, job.render_id, load_preset(job.output.format).extension)
+    return output_key(settings.output_prefix, job.render_id, _extension(job.output.format))
+
+
+def _extension(fmt: str) -> str:
+    """The stored object's extension: the preset's for media, the document's for an editor export."""
+    from worker.export import EXPORT_FORMATS
+
+    return EXPORT_FORMATS[fmt][0] if fmt in EXPORT_FORMATS else load_preset(fmt).extension
 
 
 def _cancelled(deps: Deps, job: Job, *, may_have_uploaded: bool) -> Outcome:
@@ -545,6 +552,8 @@ def process(
 
 
 def _run(job: Job, deps: Deps, lease: _Lease, watch: _Watch, scratch: Scratch) -> RenderResult:
+    if job.output.is_export:
+        return _run_export(job, deps, lease, watch, scratch)
     settings = deps.settings
     deadline = time.monotonic() + settings.time_limit_s
     preset = load_preset(job.output.format)
@@ -588,6 +597,61 @@ def _run(job: Job, deps: Deps, lease: _Lease, watch: _Watch, scratch: Scratch) -
     deps.storage.put(out, key, preset.content_type)
     deps.observer.uploaded(result.size_bytes, time.monotonic() - t0)
     return result
+
+
+def _run_export(job: Job, deps: Deps, lease: _Lease, watch: _Watch, scratch: Scratch) -> RenderResult:
+    """An editor export (DESIGN, "Editor exports"): the cut as a timeline document, stored like an output.
+
+    The source is fetched and probed, and the timeline planned exactly as a render of the same job would
+    plan it (:func:`worker.export.export_file`); no ffmpeg runs. The document is stored under the render's
+    key with its own extension and content type, and the record completes as for any render.
+    """
+    from worker.export import EXPORT_FORMATS, export_file
+
+    settings = deps.settings
+    fmt = job.output.format
+    ext, content_type = EXPORT_FORMATS[fmt]
+    size = deps.storage.size(job.source_uri)
+    if size > settings.max_source_bytes:
+        raise SourceError(
+            f"source is {size} bytes, over the limit of {settings.max_source_bytes}", code=ErrorCode.SOURCE_TOO_LARGE
+        )
+    src = scratch.path / f"source{_ext_of(job.source_uri)}"
+    deps.storage.fetch(job.source_uri, src)
+    watch.raise_if_stopped()
+    out = scratch.path / f"{job.render_id}.{ext}"
+    done = export_file(
+        str(src),
+        job.segments,
+        fmt,
+        str(out),
+        settings=settings,
+        # The document names the source as the job does: its file name, and its URI to relink from.
+        source_name=PurePosixPath(urlsplit(job.source_uri).path).name,
+        source_url=job.source_uri,
+    )
+    src.unlink(missing_ok=True)
+    watch.raise_if_stopped()
+    if lease.lost.is_set():
+        raise LeaseBusy(f"lost the lease on {job.render_id} while exporting")
+    t0 = time.monotonic()
+    deps.storage.put(out, output_key(settings.output_prefix, job.render_id, ext), content_type)
+    deps.observer.uploaded(done.size_bytes, time.monotonic() - t0)
+    return RenderResult(
+        path=str(out),
+        format=fmt,
+        encoder="none",  # nothing was encoded
+        video_codec=None,
+        audio_codec="",
+        duration_s=done.duration_s,
+        source_duration_s=done.source_duration_s,
+        size_bytes=done.size_bytes,
+        width=None,
+        height=None,
+        pieces=done.pieces,
+        wall_s=done.wall_s,
+        nvenc_fallback=None,
+    )
 
 
 def download_url(storage: Storage, record: Mapping[str, Any], expiry_s: int) -> str | None:
