@@ -22,7 +22,7 @@ import click
 
 from worker import presets as presets_mod
 from worker.errors import ErrorCode, InvalidJob, RenderError, excerpt
-from worker.output import OutputSpec
+from worker.output import EXPORT_FORMATS, OutputSpec
 from worker.plan import Segment, parse_plan, plan_byte_limit
 from worker.settings import Settings
 
@@ -329,6 +329,34 @@ def graph(
     click.echo(shlex.join(argv))
     click.echo("# filter graph (graph.txt)")
     click.echo(plan.graph(preset), nl=False)
+
+
+@main.command(name="export")
+@click.argument("source", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--cut", "cut", type=click.Path(dir_okay=False, path_type=Path), help="Cut plan JSON.")
+@click.option("--format", "fmt", required=True, type=click.Choice(EXPORT_FORMATS))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists (never the source).")
+@click.option("--quiet", is_flag=True, help="No summary line on stderr.")
+@version_option
+def export_cmd(source: Path, cut: Path | None, fmt: str, output: Path, force: bool, quiet: bool) -> None:
+    """Write the cut of SOURCE as an editor timeline into OUTPUT; prints the result as JSON.
+
+    xmeml (FCP 7 XML: Premiere Pro, Resolve), fcpxml (Final Cut Pro), edl (CMX 3600) or otio
+    (OpenTimelineIO). The clips are the frames a render of the same plan keeps; no ffmpeg runs.
+    """
+    from worker.export import export_file
+
+    settings = Settings.from_env(warn_unknown=False)  # the group checked (and warned about) them already
+    try:
+        check_output_path(source, output, force)
+        segments = load_plan(cut, settings.max_segments)
+        result = export_file(str(source), segments, fmt, str(output), settings=settings)
+    except RenderError as err:
+        fail(err)
+    click.echo(json.dumps(result.to_dict(), indent=2))
+    if not quiet:
+        click.echo(f"wrote {result.path} ({result.pieces} clips, {result.duration_s:.3f} s)", err=True)
 
 
 @main.command(name="presets")
