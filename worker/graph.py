@@ -34,9 +34,11 @@ Why this shape:
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from fractions import Fraction
 
+from worker.chunks import Chunk, Run
 from worker.errors import ErrorCode, SourceError
 from worker.output import OutputSpec
 from worker.plan import Timeline
@@ -191,27 +193,30 @@ def _segmenter(
     head: str,
     kind: str,
     ranges: Sequence[tuple[int, int]],
+    prefix: str = "",
 ) -> list[str]:
     """Route each range of the stream ``head`` to its own pad; returns the pad labels.
 
-    ``kind`` is "v" or "a". One ``segment`` filter sends every frame to exactly
+    ``kind`` is "v" or "a"; ``prefix`` keeps the labels of several heads apart (a chunk's runs).
+    One ``segment`` filter sends every frame to exactly
     one output, so the cost per frame does not grow with the number of pieces
     (a ``split`` into N trims hands every frame to all N and scales as N x frames).
     """
+    tag = f"{prefix}{kind}seg"
     if len(ranges) == 1 and ranges[0][0] == 0:
         # One piece from the start: a plain trim at its end is enough.
         trim = "trim=end_frame" if kind == "v" else "atrim=end_sample"
-        chains.append(f"{head},{trim}={ranges[0][1]}[{kind}seg0]")
-        return [f"[{kind}seg0]"]
+        chains.append(f"{head},{trim}={ranges[0][1]}[{tag}0]")
+        return [f"[{tag}0]"]
     points, kept, n_out = _split_points(ranges)
     name, unit, sink = ("segment", "frames", "nullsink") if kind == "v" else ("asegment", "samples", "anullsink")
-    pads = "".join(f"[{kind}seg{k}]" for k in range(n_out))
+    pads = "".join(f"[{tag}{k}]" for k in range(n_out))
     chains.append(f"{head},{name}={unit}={'|'.join(map(str, points))}{pads}")
     keep = set(kept)
     for k in range(n_out):
         if k not in keep:
-            chains.append(f"[{kind}seg{k}]{sink}")
-    return [f"[{kind}seg{k}]" for k in kept]
+            chains.append(f"[{tag}{k}]{sink}")
+    return [f"[{tag}{k}]" for k in kept]
 
 
 # Tone mapping for PQ/HLG sources going to 8-bit BT.709 (see README, "How a render stays exact"): to linear
@@ -232,8 +237,30 @@ def tone_maps(info: SourceInfo, preset: Preset) -> bool:
     return preset.has_video and info.video is not None and info.video.is_hdr
 
 
-def build_graph(info: SourceInfo, timeline: Timeline, preset: Preset, enc: EncodeSettings) -> str:
+def _video_post(info: SourceInfo, timeline: Timeline, preset: Preset, enc: EncodeSettings) -> str:
+    """The chain after the video ``concat``: size, colour, pixel format, clean CFR timestamps."""
+    assert info.video is not None
+    post = []
+    if enc.crop_odd:
+        post.append(f"crop={enc.width}:{enc.height}:0:0")
+    elif enc.width and enc.height and (enc.width, enc.height) != (info.video.display_width, info.video.display_height):
+        post.append(f"scale={enc.width}:{enc.height}:flags=bicubic")
+    if tone_maps(info, preset):
+        post.append(TONEMAP)
+    post.append("format=yuv420p")
+    # Restate frame times on the exact grid so the encoder sees clean CFR timestamps.
+    post.append(f"settb=1/({_rate(timeline.rate)}),setpts=N")
+    return ",".join(post)
+
+
+def build_graph(
+    info: SourceInfo, timeline: Timeline, preset: Preset, enc: EncodeSettings, *, audio_only: bool = False
+) -> str:
     """The filter graph text; its outputs are labelled ``[vout]`` and ``[aout]``.
+
+    ``audio_only`` builds only ``[aout]`` of a video render: a chunked render encodes its audio once,
+    whole, with this graph (the same samples, fades and length as the whole render's), and the picture
+    chunk by chunk (:func:`build_chunk_graph`).
 
     Video and audio pieces are joined by two separate ``concat`` filters. One
     ``concat`` with both streams pads each piece's shorter stream to its longer
@@ -245,7 +272,7 @@ def build_graph(info: SourceInfo, timeline: Timeline, preset: Preset, enc: Encod
     pieces = timeline.pieces
     n = len(pieces)
     chains: list[str] = []
-    use_video = preset.has_video
+    use_video = preset.has_video and not audio_only
     use_audio = info.audio is not None
     v_pads: list[str] = []
     a_pads: list[str] = []
@@ -316,24 +343,9 @@ def build_graph(info: SourceInfo, timeline: Timeline, preset: Preset, enc: Encod
             chains.append("".join(a_in) + f"concat=n={n}:v=0:a=1{a_label}")
 
     if use_video:
-        assert info.video is not None
-        post = []
-        if enc.crop_odd:
-            post.append(f"crop={enc.width}:{enc.height}:0:0")
-        elif (
-            enc.width
-            and enc.height
-            and (enc.width, enc.height) != (info.video.display_width, info.video.display_height)
-        ):
-            post.append(f"scale={enc.width}:{enc.height}:flags=bicubic")
-        if tone_maps(info, preset):
-            post.append(TONEMAP)
-        post.append("format=yuv420p")
-        # Restate frame times on the exact grid so the encoder sees clean CFR timestamps.
-        post.append(f"settb=1/({_rate(timeline.rate)}),setpts=N")
-        chains.append(v_label + ",".join(post) + "[vout]")
+        chains.append(v_label + _video_post(info, timeline, preset, enc) + "[vout]")
 
-    total_samples_out = round(timeline.duration * enc.sample_rate) if use_video else None
+    total_samples_out = round(timeline.duration * enc.sample_rate) if preset.has_video else None
     if use_audio:
         assert timeline.sample_rate is not None
         post = ["asetpts=N/SR/TB"]
@@ -342,11 +354,34 @@ def build_graph(info: SourceInfo, timeline: Timeline, preset: Preset, enc: Encod
         if enc.sample_rate != timeline.sample_rate:
             post.append(f"aresample={enc.sample_rate}")
         chains.append(a_label + ",".join(post) + "[aout]")
-    elif use_video:
+    elif preset.has_video:
         # A video output always carries sound: silence of exactly the video's length.
         layout = "stereo" if enc.channels == 2 else "mono"
         chains.append(f"anullsrc=r={enc.sample_rate}:cl={layout},atrim=end_sample={total_samples_out}[aout]")
     return ";\n".join(chains) + "\n"
+
+
+def _video_encode_args(info: SourceInfo, preset: Preset, enc: EncodeSettings, tiers: Tiers) -> list[str]:
+    """``[vout]`` to the preset's encoder at the render's rate control (whole renders and chunks alike)."""
+    assert enc.video_bps is not None and preset.video_codec is not None
+    b = enc.video_bps
+    args = ["-map", "[vout]", "-c:v", preset.video_codec, *preset.video_args]
+    args += [
+        "-b:v",
+        str(b),
+        "-maxrate",
+        str(int(b * tiers.maxrate_factor)),
+        "-bufsize",
+        str(int(b * tiers.bufsize_factor)),
+        # The graph already emits exact CFR frames: no duplication or dropping.
+        "-fps_mode",
+        "passthrough",
+    ]
+    if tone_maps(info, preset):
+        # The frames are SDR BT.709 now; say so (SDR sources keep the tags their frames carry).
+        for name, value in SDR_TAGS.items():
+            args += [f"-{name}", value]
+    return args
 
 
 def ffmpeg_args(
@@ -380,27 +415,177 @@ def ffmpeg_args(
     args += ["-sn", "-dn", *extra_input_args, "-i", info.path]
     args += ["-/filter_complex", graph_file]
     if preset.has_video:
-        assert enc.video_bps is not None and preset.video_codec is not None
-        b = enc.video_bps
-        args += ["-map", "[vout]", "-c:v", preset.video_codec, *preset.video_args]
-        args += [
-            "-b:v",
-            str(b),
-            "-maxrate",
-            str(int(b * tiers.maxrate_factor)),
-            "-bufsize",
-            str(int(b * tiers.bufsize_factor)),
-            # The graph already emits exact CFR frames: no duplication or dropping.
-            "-fps_mode",
-            "passthrough",
-        ]
-        if tone_maps(info, preset):
-            # The frames are SDR BT.709 now; say so (SDR sources keep the tags their frames carry).
-            for name, value in SDR_TAGS.items():
-                args += [f"-{name}", value]
+        args += _video_encode_args(info, preset, enc, tiers)
     args += ["-map", "[aout]", "-c:a", preset.audio_codec, *preset.audio_args, "-b:a", str(enc.audio_bps)]
     args += ["-ar", str(enc.sample_rate)]
     # Chapters and per-stream metadata describe the uncut source; they would lie.
     args += ["-map_metadata", "-1", "-map_chapters", "-1"]
     args += ["-f", preset.muxer, *preset.muxer_args, output_file]
     return args
+
+
+# --- Chunked renders (worker/chunks.py) ---------------------------------------------------------------------
+
+#: Frames decoded past a run's last one, so that ``fps`` has seen the frame after each slot it fills
+#: (``round=near`` picks by the neighbours) and a held last frame has its clone margin.
+RUN_TAIL_FRAMES = CLONE_MARGIN + 2
+#: Encoder options that make a chunk's piece join by stream copy: the first frame an IDR frame (a decoder
+#: can start there, and nothing before it is referenced) and every GOP closed (no frame refers across
+#: a GOP's start, so nothing refers across the join either). Per encoder, since each names them its way.
+CHUNK_ENCODER_ARGS: dict[str, tuple[str, ...]] = {
+    "libx264": ("-flags", "+cgop", "-x264-params", "open-gop=0", "-forced-idr", "1"),
+    "h264_nvenc": ("-flags", "+cgop", "-forced-idr", "1"),
+}
+#: Forces a keyframe on the piece's first frame (made an IDR frame by ``-forced-idr``).
+FIRST_FRAME_KEY = ("-force_key_frames", "expr:eq(n,0)")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunInput:
+    """How a chunk's run opens the source, and which grid unit its first filtered frame is."""
+
+    seek_us: int | None  # ``-ss``: render-timeline microseconds; None decodes from the start
+    duration_us: int  # ``-t``: how much is read from the seek point (or from the start)
+    base: int  # grid unit of the first frame the run's ``fps`` emits
+    offset: Fraction  # seconds added to the seeked timestamps to put them on the whole render's clock
+    lead: int  # black frames before the first frame (audio that starts before the video)
+    tail: int  # frames past the video's end (the last frame held over audio that outlasts it)
+
+
+def _ceil_us(x: Fraction) -> int:
+    return math.ceil(x * 1_000_000)
+
+
+def run_input(info: SourceInfo, timeline: Timeline, run: Run) -> RunInput:
+    """Where a run seeks, and how its frames are put back on the whole render's frame clock.
+
+    The whole render counts frames from the first one (``setpts=PTS-STARTPTS``): source unit ``u`` is at
+    ``u / rate`` s. A seek to render time ``S`` makes ffmpeg shift timestamps by ``-S`` (from the container's
+    start, which is where the render timeline's zero is), and discards the frames before ``S``. ``S`` is
+    half a frame before the run's first unit, so exactly that frame is the first kept one, whatever rounding
+    the timestamps had; adding ``S - origin`` puts every frame back at ``u / rate``, and ``fps`` with
+    ``start_time`` then numbers its slots from the run's first unit, so the run shows the very frames the
+    whole render shows in those slots.
+    """
+    assert info.video is not None
+    rate = timeline.rate
+    origin = timeline.origin
+    have = max(1, round(Fraction(info.video.duration) * rate))
+    first = min(s.src for s in run.spans)
+    tail = max(0, run.end - have)
+    base = min(run.seek, have - 1)
+    if base <= 0:
+        lead = max(0, -first)
+        stop = origin + Fraction(run.end + RUN_TAIL_FRAMES, rate)
+        return RunInput(None, _ceil_us(stop), -lead, Fraction(0), lead, tail)
+    seek_us = math.floor((origin + (base - Fraction(1, 2)) / rate) * 1_000_000)
+    offset = Fraction(seek_us, 1_000_000) - origin
+    duration_us = _ceil_us(Fraction(run.end + RUN_TAIL_FRAMES - base, rate) + Fraction(1, 2) / rate)
+    return RunInput(seek_us, duration_us, base, offset, 0, tail)
+
+
+def _seconds(x: Fraction) -> str:
+    """An exact-enough decimal for ffmpeg expressions and options (17 significant digits)."""
+    return repr(float(x))
+
+
+def build_chunk_graph(info: SourceInfo, timeline: Timeline, chunk: Chunk, preset: Preset, enc: EncodeSettings) -> str:
+    """The filter graph of one chunk: its frames only, as ``[vout]``; input ``i`` is the chunk's run ``i``.
+
+    Each run's frames go through the same grid, routing and picture chain as in the whole render
+    (:func:`build_graph`): ``fps`` on the grid, ``segment`` to pads (dropped ranges to ``nullsink``),
+    ``concat``, then scale/crop/tone map/format. No audio: that is rendered once, whole.
+    """
+    assert info.video is not None and preset.has_video
+    rate = _rate(timeline.rate)
+    chains: list[str] = []
+    pads: list[str] = []
+    for i, run in enumerate(chunk.runs):
+        ri = run_input(info, timeline, run)
+        if ri.seek_us is None:
+            head = f"[{i}:{info.video.index}]setpts=PTS-STARTPTS,fps=fps={rate}:round=near"
+        else:
+            start = _seconds(Fraction(ri.base) / timeline.rate)
+            head = (
+                f"[{i}:{info.video.index}]setpts=PTS+({_seconds(ri.offset)})/TB,"
+                f"fps=fps={rate}:round=near:start_time={start}"
+            )
+        pad = []
+        if ri.lead:
+            pad.append(f"start={ri.lead}:color=black")
+        if ri.tail:
+            pad.append(f"stop={ri.tail + CLONE_MARGIN}:stop_mode=clone")
+        if pad:
+            head += ",tpad=" + ":".join(pad)
+        ranges = [(s.src - ri.base, s.src - ri.base + s.length) for s in run.spans]
+        pads += _segmenter(chains, head, "v", ranges, prefix=f"r{i}")
+    v_in = []
+    for k, pad_label in enumerate(pads):
+        chains.append(f"{pad_label}setpts=PTS-STARTPTS[v{k}]")
+        v_in.append(f"[v{k}]")
+    label = v_in[0]
+    if len(v_in) > 1:
+        label = "[vcat]"
+        chains.append("".join(v_in) + f"concat=n={len(v_in)}:v=1:a=0{label}")
+    chains.append(label + _video_post(info, timeline, preset, enc) + "[vout]")
+    return ";\n".join(chains) + "\n"
+
+
+def _source_input_args(info: SourceInfo, max_pixels: int) -> list[str]:
+    """The hardening options every open of the tenant's source gets (see :func:`ffmpeg_args`)."""
+    args = []
+    for name, value in input_options(max_pixels).items():
+        args += [f"-{name}", value]
+    return [*args, "-threads", str(DECODE_THREADS), "-f", info.demuxer]
+
+
+def chunk_ffmpeg_args(
+    info: SourceInfo,
+    timeline: Timeline,
+    chunk: Chunk,
+    preset: Preset,
+    enc: EncodeSettings,
+    graph_file: str,
+    output_file: str,
+    *,
+    max_pixels: int,
+    tiers: Tiers | None = None,
+) -> list[str]:
+    """The ffmpeg arguments that encode one chunk's frames (no audio) into an mp4 piece.
+
+    One input per run, each opened with the same hardening as a whole render and seeked with ``-ss``
+    before ``-i`` (to the keyframe before the run, then an exact discard), bounded with ``-t``. Same
+    encoder, preset and rate control as the whole render, plus :data:`CHUNK_ENCODER_ARGS` and a forced
+    keyframe on frame 0, so every piece starts with an IDR frame in a closed GOP.
+    """
+    tiers = tiers or load_tiers()
+    assert preset.video_codec is not None
+    args = ["-hide_banner", "-nostdin", "-y", "-loglevel", "error", "-nostats", "-progress", "pipe:1"]
+    for run in chunk.runs:
+        ri = run_input(info, timeline, run)
+        args += _source_input_args(info, max_pixels)
+        args += ["-an", "-sn", "-dn"]
+        if ri.seek_us is not None:
+            args += ["-ss", f"{ri.seek_us / 1_000_000:.6f}"]
+        args += ["-t", f"{ri.duration_us / 1_000_000:.6f}", "-i", info.path]
+    args += ["-/filter_complex", graph_file]
+    args += _video_encode_args(info, preset, enc, tiers)
+    args += [*CHUNK_ENCODER_ARGS.get(preset.video_codec, ()), *FIRST_FRAME_KEY]
+    args += ["-map_metadata", "-1", "-map_chapters", "-1", "-f", "mp4", output_file]
+    return args
+
+
+def audio_ffmpeg_args(
+    info: SourceInfo,
+    preset: Preset,
+    enc: EncodeSettings,
+    graph_file: str,
+    output_file: str,
+    *,
+    max_pixels: int,
+    tiers: Tiers | None = None,
+) -> list[str]:
+    """The ffmpeg arguments that encode a video render's whole audio (``build_graph(..., audio_only=True)``)
+    with the render's own audio codec and bitrate into an m4a, which assembly muxes by stream copy."""
+    audio = dataclasses.replace(preset, has_video=False, video_codec=None, muxer="mp4", muxer_args=())
+    return ffmpeg_args(info, audio, enc, graph_file, output_file, max_pixels=max_pixels, tiers=tiers)

@@ -272,6 +272,22 @@ SETTINGS: tuple[Setting, ...] = (
         "max_segments", int, 10_000, "Plans with more segments are rejected as `invalid_job`.", min=1, max=1_000_000
     ),
     Setting(
+        "chunk_s",
+        float,
+        30.0,
+        "A chunked render's output is cut into chunks of about this many seconds, rendered apart and joined.",
+        min=5,
+        max=3600,
+    ),
+    Setting(
+        "chunk_min_s",
+        float,
+        60.0,
+        "Only outputs longer than this are rendered in chunks; shorter ones render whole.",
+        min=10,
+        max=7 * 86400,
+    ),
+    Setting(
         "progress_interval_s",
         float,
         0.5,
@@ -364,6 +380,8 @@ class Settings:
     max_source_duration_s: float = _BY_NAME["max_source_duration_s"].default
     max_source_pixels: int = _BY_NAME["max_source_pixels"].default
     max_segments: int = _BY_NAME["max_segments"].default
+    chunk_s: float = _BY_NAME["chunk_s"].default
+    chunk_min_s: float = _BY_NAME["chunk_min_s"].default
     progress_interval_s: float = _BY_NAME["progress_interval_s"].default
     webhook_timeout_s: float = _BY_NAME["webhook_timeout_s"].default
     webhook_max_attempts: int = _BY_NAME["webhook_max_attempts"].default
