@@ -230,6 +230,14 @@ def main() -> None:
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists (never the source).")
 @click.option("--nvenc", type=click.Choice(["auto", "off"]), default=None, help="Override RENDER_NVENC.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
+@click.option(
+    "--chunks",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    help="Cut the output into N chunks rendered by N ffmpeg processes at once, then joined by stream copy "
+    "(mp4/mov; 1 renders whole).",
+)
 @version_option
 def render(
     source: Path,
@@ -242,6 +250,7 @@ def render(
     force: bool,
     nvenc: str | None,
     quiet: bool,
+    chunks: int,
 ) -> None:
     """Render SOURCE through a cut plan into OUTPUT; prints the result as JSON.
 
@@ -262,9 +271,23 @@ def render(
         spec = output_spec(fmt, resolution, _int(video_bitrate), _int(audio_bitrate))
         with cancel_on_signals() as (cancel, got), _Progress(not quiet) as progress:
             try:
-                result = do_render(
-                    source, segments, spec, output, settings=settings, on_progress=progress, cancel=cancel
-                )
+                if chunks > 1:
+                    from worker.render import render_chunked
+
+                    result = render_chunked(
+                        source,
+                        segments,
+                        spec,
+                        output,
+                        chunks=chunks,
+                        settings=settings,
+                        on_progress=progress,
+                        cancel=cancel,
+                    )
+                else:
+                    result = do_render(
+                        source, segments, spec, output, settings=settings, on_progress=progress, cancel=cancel
+                    )
             except Cancelled:
                 if got:
                     raise Interrupted(got[0]) from None

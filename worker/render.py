@@ -6,6 +6,7 @@ records and webhooks, and ``render-cli`` calls it directly on local files.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import logging
 import math
@@ -13,15 +14,24 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 from worker import ffmpeg
+from worker.chunks import SEEK_GAP_S, ChunkPlan, assembly_args, concat_list, piece_name, plan_chunks
 from worker.encoders import NvencStatus, encode_with_fallback, nvenc_status, variant_order
-from worker.errors import ErrorCode, InvalidJob, SourceError
-from worker.graph import EncodeSettings, build_graph, decide, ffmpeg_args
+from worker.errors import Cancelled, EncodeError, ErrorCode, InvalidJob, SourceError
+from worker.graph import (
+    EncodeSettings,
+    audio_ffmpeg_args,
+    build_chunk_graph,
+    build_graph,
+    chunk_ffmpeg_args,
+    decide,
+    ffmpeg_args,
+)
 from worker.output import OutputSpec
 from worker.plan import Segment, Timeline, build_timeline, clamp_to_source
 from worker.presets import Preset, load_preset
@@ -283,4 +293,339 @@ def render(
     )
 
 
-__all__ = ["Grid", "Limits", "Plan", "RenderResult", "plan_render", "render", "command_for", "grid_of", "ErrorCode"]
+# --- Chunked renders (worker/chunks.py) ---------------------------------------------------------------------
+#
+# Three steps the queue layer can run on different workers: render_chunk (one chunk's frames into one
+# piece), render_audio (the whole audio, once) and assemble (the pieces and the audio, by stream copy).
+# render_chunked runs them locally, each chunk in its own ffmpeg process (render-cli render --chunks N).
+
+
+def chunk_plan_for(plan: Plan, settings: Settings | None = None, *, count: int | None = None) -> ChunkPlan:
+    """The chunks of a video render: ``count`` of them, or as many as RENDER_CHUNK_S / RENDER_CHUNK_MIN_S give.
+
+    A new seek (run) only pays where the cut skips more than a keyframe interval, since ffmpeg decodes
+    from the keyframe before the seek point anyway; VFR sources decode a second before each run, so a
+    run's first slot can repeat a neighbour dropped before it exactly as the whole render does.
+    """
+    settings = settings or Settings()
+    video = plan.info.video
+    if video is None or not load_preset(plan.spec.format, "cpu").has_video:
+        raise InvalidJob(f"only video renders are chunked; {plan.spec.format} is rendered whole")
+    rate = plan.timeline.rate
+    seek_gap = max(math.ceil(SEEK_GAP_S * rate), math.ceil(Fraction(video.keyframe_interval_s or 0) * rate))
+    margin = math.ceil(rate) if video.is_vfr else 0
+    return plan_chunks(
+        plan.timeline,
+        count=count,
+        chunk_s=settings.chunk_s,
+        min_s=settings.chunk_min_s,
+        seek_gap=seek_gap,
+        margin=margin,
+    )
+
+
+def _frames_and_first_key(path: Path) -> tuple[int, bool]:
+    """(video frames, whether the first video packet is a keyframe) of an encoded piece."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            first_key = False
+            frames = 0
+            for packet in container.demux(stream):
+                if packet.size == 0:
+                    continue  # the demuxer's flush packet
+                if frames == 0:
+                    first_key = bool(packet.is_keyframe)
+                frames += 1
+            return frames, first_key
+    except (av.error.FFmpegError, IndexError) as exc:
+        raise SourceError(f"a chunk produced an unreadable file ({exc})", code=ErrorCode.ENCODE_FAILED) from exc
+
+
+def render_chunk(
+    plan: Plan,
+    chunks: ChunkPlan,
+    index: int,
+    output: str | os.PathLike[str],
+    *,
+    ffmpeg_bin: str | None = None,
+    on_progress: Callable[[float], None] | None = None,
+    cancel: threading.Event | None = None,
+    deadline: float | None = None,
+) -> Path:
+    """Encode chunk ``index``'s frames into the mp4 piece ``output`` (CPU preset; no audio).
+
+    The piece appears only when complete and checked: exactly the chunk's frames, the first one a
+    keyframe (an IDR frame, so it joins by stream copy).
+    """
+    chunk = chunks.chunks[index]
+    preset = load_preset(plan.spec.format, "cpu")
+    out_path = Path(output)
+    partial = ffmpeg.temp_output_path(out_path, ".mp4")
+    graph_file = out_path.with_name(f".{out_path.name}.graph.txt")
+    graph_file.write_text(build_chunk_graph(plan.info, plan.timeline, chunk, preset, plan.encode), encoding="utf-8")
+    args = chunk_ffmpeg_args(
+        plan.info,
+        plan.timeline,
+        chunk,
+        preset,
+        plan.encode,
+        str(graph_file),
+        str(partial),
+        max_pixels=plan.limits.max_source_pixels,
+    )
+    try:
+        ffmpeg.run(
+            args,
+            ffmpeg=ffmpeg_bin,
+            expected_duration_s=chunks.seconds(chunk.frames),
+            on_progress=on_progress,
+            cancel=cancel,
+            deadline=deadline,
+        )
+        frames, first_key = _frames_and_first_key(partial)
+        if frames != chunk.frames:
+            raise SourceError(
+                f"chunk {index} has {frames} of {chunk.frames} frames (truncated or damaged source)",
+                code=ErrorCode.SOURCE_UNREADABLE if frames < chunk.frames else ErrorCode.ENCODE_FAILED,
+            )
+        if not first_key:
+            raise EncodeError(f"chunk {index} does not start with a keyframe; it cannot be joined by stream copy")
+        os.replace(partial, out_path)
+    finally:
+        partial.unlink(missing_ok=True)
+        graph_file.unlink(missing_ok=True)
+    return out_path
+
+
+def render_audio(
+    plan: Plan,
+    output: str | os.PathLike[str],
+    *,
+    ffmpeg_bin: str | None = None,
+    on_progress: Callable[[float], None] | None = None,
+    cancel: threading.Event | None = None,
+    deadline: float | None = None,
+) -> Path:
+    """Encode a video render's whole audio (the whole render's own audio graph and encoder) into an m4a."""
+    preset = load_preset(plan.spec.format, "cpu")
+    out_path = Path(output)
+    partial = ffmpeg.temp_output_path(out_path, ".m4a")
+    graph_file = out_path.with_name(f".{out_path.name}.graph.txt")
+    graph = build_graph(plan.info, plan.timeline, preset, plan.encode, audio_only=True)
+    graph_file.write_text(graph, encoding="utf-8")
+    args = audio_ffmpeg_args(
+        plan.info, preset, plan.encode, str(graph_file), str(partial), max_pixels=plan.limits.max_source_pixels
+    )
+    try:
+        ffmpeg.run(
+            args,
+            ffmpeg=ffmpeg_bin,
+            expected_duration_s=plan.timeline.duration,
+            on_progress=on_progress,
+            cancel=cancel,
+            deadline=deadline,
+        )
+        verify_output(partial, plan, has_video=False)
+        os.replace(partial, out_path)
+    finally:
+        partial.unlink(missing_ok=True)
+        graph_file.unlink(missing_ok=True)
+    return out_path
+
+
+def verify_assembled(path: Path, plan: Plan) -> None:
+    """The joined file holds exactly the planned frames, and its picture and sound last the planned time.
+
+    Frames are counted packet by packet (not from the header), and the video's duration must be within
+    half a frame of the plan, the audio's within one frame of it (AAC's declared length, its priming and
+    padding trimmed by the container).
+    """
+    import av
+
+    want = plan.timeline.total_units
+    planned = Fraction(want) / plan.timeline.rate
+    frames, first_key = _frames_and_first_key(path)
+    try:
+        with av.open(str(path)) as container:
+            v = container.streams.video[0]
+            a = container.streams.audio[0]
+            v_dur = Fraction(v.duration or 0) * Fraction(v.time_base or 0)
+            a_dur = Fraction(a.duration or 0) * Fraction(a.time_base or 0)
+            audio_tracks = len(container.streams.audio)
+    except (av.error.FFmpegError, IndexError) as exc:
+        raise SourceError(f"assembly produced an unreadable file ({exc})", code=ErrorCode.ENCODE_FAILED) from exc
+    frame = 1 / plan.timeline.rate
+    problems = []
+    if frames != want:
+        problems.append(f"{frames} of {want} frames")
+    if abs(v_dur - planned) > frame / 2:
+        problems.append(f"video lasts {float(v_dur):.3f} s, the plan {float(planned):.3f} s")
+    if abs(a_dur - planned) > frame:
+        problems.append(f"audio lasts {float(a_dur):.3f} s, the plan {float(planned):.3f} s")
+    if audio_tracks != 1 or not first_key:
+        problems.append(f"{audio_tracks} audio tracks, first frame key: {first_key}")
+    if problems:
+        raise EncodeError("the assembled render does not match its plan: " + "; ".join(problems))
+
+
+def assemble(
+    plan: Plan,
+    pieces: Sequence[str | os.PathLike[str]],
+    audio: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    ffmpeg_bin: str | None = None,
+    cancel: threading.Event | None = None,
+    deadline: float | None = None,
+) -> Path:
+    """Join the chunks' pieces (in chunk order, all in one directory) and the audio into ``output``.
+
+    A stream copy: nothing is decoded, so an hour of output assembles in seconds. The concat list is
+    written beside the pieces and names only them (:func:`worker.chunks.concat_list`). The result is
+    verified against the plan (:func:`verify_assembled`) before it is renamed into place.
+    """
+    paths = [Path(p) for p in pieces]
+    if not paths or len({p.parent.resolve() for p in paths}) != 1:
+        raise EncodeError("assembly needs the pieces in one directory")
+    preset = load_preset(plan.spec.format, "cpu")
+    out_path = Path(output)
+    list_file = paths[0].with_name(".pieces.ffconcat")
+    list_file.write_text(concat_list([p.name for p in paths]), encoding="utf-8")
+    partial = ffmpeg.temp_output_path(out_path, "." + preset.extension)
+    args = assembly_args(str(list_file), str(audio), str(partial), muxer=preset.muxer, muxer_args=preset.muxer_args)
+    try:
+        ffmpeg.run(args, ffmpeg=ffmpeg_bin, cancel=cancel, deadline=deadline)
+        verify_assembled(partial, plan)
+        os.replace(partial, out_path)
+    finally:
+        partial.unlink(missing_ok=True)
+        list_file.unlink(missing_ok=True)
+    return out_path
+
+
+def render_chunked(
+    source: str | os.PathLike[str],
+    segments: list[Segment] | None,
+    spec: OutputSpec,
+    output: str | os.PathLike[str],
+    *,
+    chunks: int | None = None,
+    settings: Settings | None = None,
+    on_progress: Callable[[float], None] | None = None,
+    cancel: threading.Event | None = None,
+    deadline: float | None = None,
+) -> RenderResult:
+    """Render in chunks on this machine: each chunk and the audio in their own ffmpeg process, at once.
+
+    ``chunks`` is the number of chunks (``None``: RENDER_CHUNK_S / RENDER_CHUNK_MIN_S decide). An audio-only
+    format, or a plan that comes out as one chunk, renders whole (:func:`render`). Progress is the sum over
+    the chunks, weighted by their frames. Cancel, the deadline or any failure stops every process; nothing
+    is left behind.
+    """
+    settings = settings or Settings()
+    started = time.monotonic()
+    plan = plan_render(source, segments, spec, limits=Limits.from_settings(settings))
+    preset = load_preset(spec.format, "cpu")
+    cplan = chunk_plan_for(plan, settings, count=chunks) if preset.has_video else None
+    if cplan is None or len(cplan.chunks) == 1:
+        return render(
+            source,
+            segments,
+            spec,
+            output,
+            settings=settings,
+            on_progress=on_progress,
+            cancel=cancel,
+            deadline=deadline,
+            nvenc=NvencStatus(False, "chunked renders use the CPU presets", 0.0),
+        )
+    out_path = Path(output)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    ffmpeg_bin = settings.ffmpeg_path or None
+    stop = threading.Event()  # set on cancel or the first failure: every other ffmpeg is killed
+    done = [0.0] * len(cplan.chunks)
+    lock = threading.Lock()
+
+    def progress(k: int) -> Callable[[float], None]:
+        def report(ratio: float) -> None:
+            with lock:
+                done[k] = ratio * cplan.chunks[k].frames
+                total = sum(done) / cplan.total
+            if on_progress is not None:
+                on_progress(min(total, 0.99))  # 1.0 once assembled
+
+        return report
+
+    with tempfile.TemporaryDirectory(prefix="render-chunks-", dir=settings.work_dir or None) as tmp:
+        names = [Path(tmp) / piece_name(c.index) for c in cplan.chunks]
+        audio = Path(tmp) / "audio.m4a"
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(names) + 1) as pool:
+            futures = [
+                pool.submit(render_audio, plan, audio, ffmpeg_bin=ffmpeg_bin, cancel=stop, deadline=deadline),
+                *(
+                    pool.submit(
+                        render_chunk,
+                        plan,
+                        cplan,
+                        c.index,
+                        names[c.index],
+                        ffmpeg_bin=ffmpeg_bin,
+                        on_progress=progress(c.index),
+                        cancel=stop,
+                        deadline=deadline,
+                    )
+                    for c in cplan.chunks
+                ),
+            ]
+            pending = set(futures)
+            while pending:
+                finished, pending = concurrent.futures.wait(pending, timeout=0.1, return_when="FIRST_EXCEPTION")
+                if cancel is not None and cancel.is_set():
+                    stop.set()
+                if any(f.exception() is not None for f in finished):
+                    stop.set()
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("the render was cancelled")
+        # The first real failure, not the Cancelled of the processes stopped because of it.
+        errors = [f.exception() for f in futures if f.exception() is not None]
+        if errors:
+            raise next((e for e in errors if not isinstance(e, Cancelled)), errors[0])  # type: ignore[misc]
+        assemble(plan, names, audio, out_path, ffmpeg_bin=ffmpeg_bin, cancel=cancel, deadline=deadline)
+    if on_progress is not None:
+        on_progress(1.0)
+    return RenderResult(
+        path=str(out_path),
+        format=spec.format,
+        encoder=preset.encoder,
+        video_codec=preset.video_codec,
+        audio_codec=preset.audio_codec,
+        duration_s=plan.timeline.duration,
+        source_duration_s=plan.info.duration,
+        size_bytes=out_path.stat().st_size,
+        width=plan.encode.width,
+        height=plan.encode.height,
+        pieces=len(plan.timeline.pieces),
+        wall_s=time.monotonic() - started,
+        nvenc_fallback=None,
+    )
+
+
+__all__ = [
+    "Grid",
+    "Limits",
+    "Plan",
+    "RenderResult",
+    "plan_render",
+    "render",
+    "command_for",
+    "grid_of",
+    "ErrorCode",
+    "chunk_plan_for",
+    "render_chunk",
+    "render_audio",
+    "assemble",
+    "render_chunked",
+]
