@@ -400,7 +400,7 @@ def to_edl(cut: Cut) -> str:
     """A CMX 3600 EDL: one cut event per piece and channel group, record timecode from 00:00:00:00.
 
     Drop-frame timecode (``;``) at 29.97 and 59.94, as ``FCM: DROP FRAME`` says; each event carries
-    ``* FROM CLIP NAME`` (and ``* SOURCE FILE``, the source's URL) so editors can relink it.
+    ``* FROM CLIP NAME`` (and ``* FROM CLIP``/``* SOURCE FILE``, the source's URL) so editors can relink it.
     """
     reel = reel_name(cut.source_name)
     title = re.sub(r"[\r\n]", " ", cut.title)[:70]
@@ -421,6 +421,8 @@ def to_edl(cut: Cut) -> str:
                 f"{tc(clip.record)} {tc(clip.record + clip.length)}"
             )
             lines.append(f"* FROM CLIP NAME: {cut.source_name}")
+            # Where the media is: "FROM CLIP" as Avid writes it (and OTIO reads it), "SOURCE FILE" as Resolve does.
+            lines.append(f"* FROM CLIP: {cut.source_url}")
             lines.append(f"* SOURCE FILE: {cut.source_url}")
             lines.append("")
     return "\r\n".join(lines)
