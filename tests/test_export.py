@@ -378,3 +378,43 @@ def test_the_job_message_takes_the_export_formats() -> None:
     for bad in ("EDL", "xml", "otio\n", ["edl"]):
         with pytest.raises(InvalidJob, match="output.format must be one of mp4, mov, m4a, mp3, xmeml, fcpxml"):
             OutputSpec.from_dict({"format": bad})
+
+
+@pytest.mark.parametrize(
+    ("rate", "timebase", "drop"),
+    [(Fraction(24000, 1001), 24, False), (Fraction(60000, 1001), 60, True), (Fraction(24), 24, False)],
+)
+@pytest.mark.parametrize("fmt", list(EXPORT_FORMATS))
+def test_other_standard_rates_read_back(tmp_path: Path, rate: Fraction, timebase: int, drop: bool, fmt: str) -> None:
+    """23.976 and 59.94 (no fixture renders at them): the documents alone, read back exactly by OTIO."""
+    from worker.export import Clip, Cut, export
+
+    clips = (Clip(src=17, length=40, record=0), Clip(src=300, length=1, record=40), Clip(src=400, length=59, record=41))
+    cut = Cut(
+        title="synthetic (cut)",
+        source_name="cam a.mov",
+        source_url="s3://media/assets/a/cam%20a.mov",
+        rate=rate,
+        video=True,
+        width=1920,
+        height=1080,
+        channels=2,
+        sample_rate=48000,
+        source_units=1000,
+        start_tc=parse_timecode("01:00:00;00" if drop else "01:00:00:00", rate) or 0,
+        drop_frame=drop,
+        clips=clips,
+    )
+    doc = tmp_path / f"cut.{EXPORT_FORMATS[fmt][0]}"
+    text = export(cut, fmt)
+    doc.write_bytes(text.encode())
+    check_format_rules(fmt, text, rate, drop, cut.start_tc)
+    want = [(c.src, c.length, c.record) for c in clips]
+    if fmt == "fcpxml":
+        fps, got, start = fcpxml_clips(text)
+        assert (fps, got, start) == (rate, want, cut.start_tc)
+        return
+    if fmt == "xmeml":
+        assert f"<timebase>{timebase}</timebase><ntsc>{'TRUE' if rate.denominator == 1001 else 'FALSE'}" in text
+    video = read_back(doc, fmt, rate).tracks[0]
+    assert clips_of(video, rate, cut.start_tc) == want
