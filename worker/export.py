@@ -555,6 +555,7 @@ def export_file(
         start_timecode=read_start_timecode(str(source), limits.max_source_pixels) if info.video else None,
     )
     data = export(cut, fmt).encode("utf-8")
+    doc_rate = edl_events(cut)[0] if fmt == "edl" else cut.rate  # an audio-only EDL counts frames, not samples
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
     try:
@@ -570,6 +571,6 @@ def export_file(
         source_duration_s=info.duration,
         size_bytes=len(data),
         pieces=len(cut.clips),
-        rate=f"{cut.rate.numerator}/{cut.rate.denominator}",
+        rate=f"{doc_rate.numerator}/{doc_rate.denominator}",
         wall_s=time.monotonic() - started,
     )
