@@ -14,10 +14,14 @@ Start timecode. A camera's mov carries the timecode of its first frame (a ``tmcd
 source in points on that timecode, so it is added to every source time in xmeml, FCPXML and EDL (and to
 the OTIO media reference's available range, which is where OTIO keeps it).
 
-Why hand-written writers: OTIO's own FCPXML writer leaves ``frameDuration`` empty at 30000/1001, its
-FCP 7 and CMX writers pick reel names and audio channel codes we cannot control, and none of them carries
-a source's start timecode from our probe. The documents are small and their rules few, so they are
-written here and read back with OTIO's adapters in the tests. The OTIO JSON is OTIO's own serialisation.
+Why hand-written writers: OTIO's FCPXML writer leaves ``frameDuration`` empty at 30000/1001, so its
+output cannot even be read back; the other documents are small, and writing all three here keeps one set
+of rules (rates, drop-frame, reel names, channel codes, start timecode) in one place. Each is read back
+with OTIO's own adapter for its format in the tests. The OTIO JSON is OTIO's own serialisation.
+
+Known limit: a piece that runs outside the video's own frames (audio before the first frame, or after the
+last) is exported as it is planned, so its video clip names frames the media does not have; the render
+shows black (before) or holds the last frame (after) there, an editor shows the media as missing.
 """
 
 from __future__ import annotations
