@@ -473,7 +473,9 @@ def run_input(info: SourceInfo, timeline: Timeline, run: Run) -> RunInput:
     have = max(1, round(Fraction(info.video.duration) * rate))
     first = min(s.src for s in run.spans)
     tail = max(0, run.end - have)
-    base = min(run.seek, have - 1)
+    # A run that holds the last frame starts decoding a second before it: ffmpeg 7 aborts ("Assertion
+    # best_input >= 0") when a seeked input reaches its end after a single frame.
+    base = min(run.seek, have - 1 - math.ceil(timeline.rate)) if tail else run.seek
     if base <= 0:
         lead = max(0, -first)
         stop = origin + Fraction(run.end + RUN_TAIL_FRAMES, rate)
@@ -518,7 +520,12 @@ def build_chunk_graph(info: SourceInfo, timeline: Timeline, chunk: Chunk, preset
         if pad:
             head += ",tpad=" + ":".join(pad)
         ranges = [(s.src - ri.base, s.src - ri.base + s.length) for s in run.spans]
-        pads += _segmenter(chains, head, "v", ranges, prefix=f"r{i}")
+        if len(ranges) == 1:
+            # One range: a trim (a segment with nullsinks is one more way to meet the abort above).
+            chains.append(f"{head},trim=start_frame={ranges[0][0]}:end_frame={ranges[0][1]}[r{i}vseg0]")
+            pads.append(f"[r{i}vseg0]")
+        else:
+            pads += _segmenter(chains, head, "v", ranges, prefix=f"r{i}")
     v_in = []
     for k, pad_label in enumerate(pads):
         chains.append(f"{pad_label}setpts=PTS-STARTPTS[v{k}]")

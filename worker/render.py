@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from worker import ffmpeg
-from worker.chunks import SEEK_GAP_S, ChunkPlan, assembly_args, concat_list, piece_name, plan_chunks
+from worker.chunks import (
+    SEEK_GAP_S,
+    ChunkPlan,
+    assembly_args,
+    concat_list,
+    piece_durations_us,
+    piece_name,
+    plan_chunks,
+)
 from worker.encoders import NvencStatus, encode_with_fallback, nvenc_status, variant_order
 from worker.errors import Cancelled, EncodeError, ErrorCode, InvalidJob, SourceError
 from worker.graph import (
@@ -473,6 +481,7 @@ def verify_assembled(path: Path, plan: Plan) -> None:
 
 def assemble(
     plan: Plan,
+    chunks: ChunkPlan,
     pieces: Sequence[str | os.PathLike[str]],
     audio: str | os.PathLike[str],
     output: str | os.PathLike[str],
@@ -493,7 +502,9 @@ def assemble(
     preset = load_preset(plan.spec.format, "cpu")
     out_path = Path(output)
     list_file = paths[0].with_name(".pieces.ffconcat")
-    list_file.write_text(concat_list([p.name for p in paths]), encoding="utf-8")
+    if len(paths) != len(chunks.chunks):
+        raise EncodeError(f"assembly needs {len(chunks.chunks)} pieces, got {len(paths)}")
+    list_file.write_text(concat_list([p.name for p in paths], piece_durations_us(chunks)), encoding="utf-8")
     partial = ffmpeg.temp_output_path(out_path, "." + preset.extension)
     args = assembly_args(str(list_file), str(audio), str(partial), muxer=preset.muxer, muxer_args=preset.muxer_args)
     try:
@@ -593,7 +604,7 @@ def render_chunked(
         errors = [f.exception() for f in futures if f.exception() is not None]
         if errors:
             raise next((e for e in errors if not isinstance(e, Cancelled)), errors[0])  # type: ignore[misc]
-        assemble(plan, names, audio, out_path, ffmpeg_bin=ffmpeg_bin, cancel=cancel, deadline=deadline)
+        assemble(plan, cplan, names, audio, out_path, ffmpeg_bin=ffmpeg_bin, cancel=cancel, deadline=deadline)
     if on_progress is not None:
         on_progress(1.0)
     return RenderResult(
