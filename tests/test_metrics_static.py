@@ -220,6 +220,9 @@ def test_labelled_counters_start_at_zero_for_known_labels(
                 got = _get(values, "render_jobs_total", outcome=outcome, format=fmt, encoder=encoder)
                 assert got is not None, (outcome, fmt, encoder)
     assert _get(values, "render_jobs_total", outcome="cancelled", format="mp4", encoder="cpu") == 0
+    # Editor exports are jobs too, counted under their own format (encoder "none"), not lumped into "other".
+    for fmt in ("xmeml", "fcpxml", "edl", "otio"):
+        assert _get(values, "render_jobs_total", outcome="completed", format=fmt, encoder="none") == 0, fmt
     for code in ErrorCode:
         assert _get(values, "render_failures_total", code=code.value) is not None, code
     assert _get(values, "render_failures_total", code="timeout") == 0

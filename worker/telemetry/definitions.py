@@ -24,6 +24,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 
 from worker.errors import ErrorCode
 from worker.gpu import GpuSample
+from worker.output import OUTPUT_FORMATS
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -31,7 +32,8 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # unbounded label is how a metrics backend falls over, so helpers validate against these.
 # "cancelled": a render stopped on request; it is finished, but never a failure (no render_failures_total).
 JOB_OUTCOMES = ("completed", "failed", "cancelled")
-FORMATS = ("mp4", "mov", "m4a", "mp3")
+# Media renders and editor exports (xmeml, fcpxml, edl, otio: encoder "none") alike.
+FORMATS = OUTPUT_FORMATS
 OTHER_FORMAT = "other"  # a job rejected before its format was validated
 ENCODERS = ("cpu", "nvenc", "none")  # "none": the job ended before an encoder was chosen
 WEBHOOK_OUTCOMES = ("delivered", "retry", "gave_up")
