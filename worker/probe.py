@@ -239,11 +239,6 @@ class VideoInfo:
     def display_height(self) -> int:
         return self.width if self.rotation in (90, 270) else self.height
 
-    @property
-    def frame_count(self) -> int:
-        """Frames on the grid from the first frame to the end of the stream."""
-        return max(1, round(self.duration * self.rate))
-
 
 @dataclasses.dataclass(frozen=True)
 class AudioInfo:
@@ -255,10 +250,6 @@ class AudioInfo:
     bit_rate: int | None
     start: float
     duration: float
-
-    @property
-    def sample_count(self) -> int:
-        return round(self.duration * self.sample_rate)
 
 
 @dataclasses.dataclass(frozen=True)
