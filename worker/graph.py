@@ -49,6 +49,10 @@ from worker.probe import SourceInfo, input_options
 SILENT_RATE = 48000
 # Silence allowed past the end of the source's audio, beyond what the probe says is missing.
 PAD_MARGIN_S = 0.1
+# Audio timestamps further than this from the samples counted so far are a hole (filled with silence) or an
+# overlap (trimmed). Within the 1 ms sync promise, and above the jitter of millisecond timestamps, which the
+# ffmpeg CLI already smooths back onto the sample count.
+GAP_FILL_S = 0.001
 # Bitrate floors. A source may declare (or really have) a tiny bitrate: a still
 # picture over an hour of podcast audio measures a few hundred bits per second.
 # "Capped to the source's bitrate" must not turn that into ``-b:v 72``, which
@@ -307,7 +311,11 @@ def build_graph(
         # plus a small margin. It is bounded on purpose: a source whose data stops
         # early must come out short (and be caught), not padded with silence.
         pad_len = max(0, need - round(info.audio.duration * sr)) + round(PAD_MARGIN_S * sr)
-        head = f"[0:{info.audio.index}]"
+        # A hole in the audio's timestamps (packets a recorder dropped) is filled with silence, so the samples
+        # after it keep their place instead of moving up by the hole's length: aresample follows the
+        # timestamps (async=1: fill and trim only, never stretch) once they stray more than GAP_FILL_S from
+        # the samples counted. Below that nothing is touched, so a clean source passes sample for sample.
+        head = f"[0:{info.audio.index}]aresample=async=1:min_comp={GAP_FILL_S}:min_hard_comp={GAP_FILL_S},"
         if a_lead:
             head += f"adelay=delays={a_lead}S:all=1,"
         # Timestamps become sample counts, so the fades below are placed by integer.
@@ -436,8 +444,11 @@ CHUNK_ENCODER_ARGS: dict[str, tuple[str, ...]] = {
     "libx264": ("-flags", "+cgop", "-x264-params", "open-gop=0", "-forced-idr", "1"),
     "h264_nvenc": ("-flags", "+cgop", "-forced-idr", "1"),
 }
-#: Forces a keyframe on the piece's first frame (made an IDR frame by ``-forced-idr``).
-FIRST_FRAME_KEY = ("-force_key_frames", "expr:eq(n,0)")
+
+
+def first_frame_key(chunk: Chunk) -> list[str]:
+    """Forces a keyframe (an IDR frame, with ``-forced-idr``) on the chunk's first own frame, after its pre-roll."""
+    return ["-force_key_frames", f"expr:eq(n,{chunk.preroll})"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -558,12 +569,13 @@ def chunk_ffmpeg_args(
     max_pixels: int,
     tiers: Tiers | None = None,
 ) -> list[str]:
-    """The ffmpeg arguments that encode one chunk's frames (no audio) into an mp4 piece.
+    """The ffmpeg arguments that encode one chunk's frames, after its pre-roll (no audio), into an mp4.
 
     One input per run, each opened with the same hardening as a whole render and seeked with ``-ss``
     before ``-i`` (to the keyframe before the run, then an exact discard), bounded with ``-t``. Same
     encoder, preset and rate control as the whole render, plus :data:`CHUNK_ENCODER_ARGS` and a forced
-    keyframe on frame 0, so every piece starts with an IDR frame in a closed GOP.
+    keyframe on the first frame after the pre-roll, so that once the pre-roll is dropped
+    (``worker.render.render_chunk``) every piece starts with an IDR frame in a closed GOP.
     """
     tiers = tiers or load_tiers()
     assert preset.video_codec is not None
@@ -577,7 +589,7 @@ def chunk_ffmpeg_args(
         args += ["-t", f"{ri.duration_us / 1_000_000:.6f}", "-i", info.path]
     args += ["-/filter_complex", graph_file]
     args += _video_encode_args(info, preset, enc, tiers)
-    args += [*CHUNK_ENCODER_ARGS.get(preset.video_codec, ()), *FIRST_FRAME_KEY]
+    args += [*CHUNK_ENCODER_ARGS.get(preset.video_codec, ()), *first_frame_key(chunk)]
     args += ["-map_metadata", "-1", "-map_chapters", "-1", "-f", "mp4", output_file]
     return args
 

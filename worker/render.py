@@ -21,7 +21,9 @@ from typing import Any
 
 from worker import ffmpeg
 from worker.chunks import (
+    PREROLL_S,
     SEEK_GAP_S,
+    Chunk,
     ChunkPlan,
     assembly_args,
     concat_list,
@@ -329,6 +331,7 @@ def chunk_plan_for(plan: Plan, settings: Settings | None = None, *, count: int |
         min_s=settings.chunk_min_s,
         seek_gap=seek_gap,
         margin=margin,
+        preroll=math.ceil(PREROLL_S * rate),
     )
 
 
@@ -352,6 +355,37 @@ def _frames_and_first_key(path: Path) -> tuple[int, bool]:
         raise SourceError(f"a chunk produced an unreadable file ({exc})", code=ErrorCode.ENCODE_FAILED) from exc
 
 
+def _drop_preroll(encoded: Path, piece: Path, chunk: Chunk, rate: Fraction) -> None:
+    """Copy ``encoded`` to ``piece`` from the IDR frame that ends the pre-roll, timestamps moved to start at 0.
+
+    A stream copy, packet by packet. The closed GOP makes this exact: every pre-roll frame is decoded before
+    that IDR frame, and nothing after it refers to anything before it.
+    """
+    import av
+
+    with av.open(str(encoded)) as src, av.open(str(piece), "w", format="mp4") as dst:
+        ist = src.streams.video[0]
+        ost = dst.add_stream_from_template(ist)
+        assert ist.time_base is not None
+        cut = Fraction(chunk.preroll) / rate / ist.time_base
+        if cut.denominator != 1:
+            raise EncodeError(f"chunk {chunk.index}: frame {chunk.preroll} is not on the {ist.time_base} tick grid")
+        started = False
+        for packet in src.demux(ist):
+            if packet.size == 0 or packet.pts is None or packet.dts is None:
+                continue  # the demuxer's flush packet
+            if not started:
+                if not (packet.is_keyframe and packet.pts == cut):
+                    continue
+                started = True
+            packet.pts -= int(cut)
+            packet.dts -= int(cut)
+            packet.stream = ost
+            dst.mux(packet)
+    if not started:
+        raise EncodeError(f"chunk {chunk.index} has no keyframe after its pre-roll; it cannot be joined")
+
+
 def render_chunk(
     plan: Plan,
     chunks: ChunkPlan,
@@ -365,13 +399,15 @@ def render_chunk(
 ) -> Path:
     """Encode chunk ``index``'s frames into the mp4 piece ``output`` (CPU preset; no audio).
 
-    The piece appears only when complete and checked: exactly the chunk's frames, the first one a
-    keyframe (an IDR frame, so it joins by stream copy).
+    The encoder sees the chunk's pre-roll first (:data:`worker.chunks.PREROLL_S`), which is then dropped
+    by a stream copy. The piece appears only when complete and checked: exactly the chunk's frames, the
+    first one a keyframe (an IDR frame, so it joins by stream copy).
     """
     chunk = chunks.chunks[index]
     preset = load_preset(plan.spec.format, "cpu")
     out_path = Path(output)
     partial = ffmpeg.temp_output_path(out_path, ".mp4")
+    encoded = ffmpeg.temp_output_path(out_path, ".preroll.mp4") if chunk.preroll else partial
     graph_file = out_path.with_name(f".{out_path.name}.graph.txt")
     graph_file.write_text(build_chunk_graph(plan.info, plan.timeline, chunk, preset, plan.encode), encoding="utf-8")
     args = chunk_ffmpeg_args(
@@ -381,18 +417,20 @@ def render_chunk(
         preset,
         plan.encode,
         str(graph_file),
-        str(partial),
+        str(encoded),
         max_pixels=plan.limits.max_source_pixels,
     )
     try:
         ffmpeg.run(
             args,
             ffmpeg=ffmpeg_bin,
-            expected_duration_s=chunks.seconds(chunk.frames),
+            expected_duration_s=chunks.seconds(chunk.encoded),
             on_progress=on_progress,
             cancel=cancel,
             deadline=deadline,
         )
+        if chunk.preroll:
+            _drop_preroll(encoded, partial, chunk, chunks.rate)
         frames, first_key = _frames_and_first_key(partial)
         if frames != chunk.frames:
             raise SourceError(
@@ -404,6 +442,7 @@ def render_chunk(
         os.replace(partial, out_path)
     finally:
         partial.unlink(missing_ok=True)
+        encoded.unlink(missing_ok=True)
         graph_file.unlink(missing_ok=True)
     return out_path
 
