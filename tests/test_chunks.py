@@ -389,3 +389,40 @@ def test_cli_render_chunks(media, tmp_path) -> None:
     assert [i for _, i in mc.frame_indices(out)] == want
     bad = runner.invoke(main, [*args, "--force", "--chunks", "0"])
     assert bad.exit_code == 2 and "--chunks" in bad.output
+
+
+def test_cli_sigterm_mid_chunked_render_cleans_up(media, tmp_path) -> None:
+    """SIGTERM during --chunks stops every chunk's ffmpeg, removes pieces and scratch, exits 143."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    exe = shutil.which("render-cli", path=str(Path(sys.executable).parent))
+    assert exe
+    work, out_dir = tmp_path / "work", tmp_path / "out"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RENDER_")}
+    env.update({"RENDER_WORK_DIR": str(work), "RENDER_NVENC": "off"})
+    proc = subprocess.Popen(
+        [exe, "render", str(media["cfr30"]), "--format", "mp4", "--chunks", "3", "-o", str(out_dir / "t.mp4")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # the first progress line: the chunks' ffmpeg processes are encoding
+            if line.startswith("progress"):
+                break
+        assert list(work.iterdir()), "the chunks' scratch directory should exist mid-render"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err and "cancelled" in err
+    assert list(work.iterdir()) == [] and list(out_dir.iterdir()) == []
