@@ -315,7 +315,8 @@ def chunk_plan_for(plan: Plan, settings: Settings | None = None, *, count: int |
 
     A new seek (run) only pays where the cut skips more than a keyframe interval, since ffmpeg decodes
     from the keyframe before the seek point anyway; VFR sources decode a second before each run, so a
-    run's first slot can repeat a neighbour dropped before it exactly as the whole render does.
+    run's first slot can repeat a neighbour dropped before it exactly as the whole render does. Every
+    chunk but the first encodes :data:`~worker.chunks.PREROLL_S` of the chunk before it first.
     """
     settings = settings or Settings()
     video = plan.info.video
