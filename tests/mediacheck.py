@@ -184,6 +184,26 @@ def audio_start_seconds(path: _PathLike, stream: int | None = None) -> float:
     return 0.0
 
 
+def audio_gaps(path: _PathLike, stream: int | None = None, min_gap_s: float = 0.002) -> list[tuple[float, float]]:
+    """Holes in an audio stream, from its decoded frames' timestamps: ``(start, end)`` in seconds wherever a
+    frame starts more than ``min_gap_s`` after the previous one ends (a recorder that dropped packets).
+
+    ``min_gap_s`` is above the 1 ms rounding of Matroska/WebM timestamps, so only real holes count.
+    """
+    gaps = []
+    with av.open(str(path)) as container:
+        s = _audio_stream(container, stream)
+        end: float | None = None
+        for frame in container.decode(s):
+            t = _seconds(frame.pts, frame.time_base or s.time_base)
+            if t is None:
+                continue
+            if end is not None and t - end > min_gap_s:
+                gaps.append((end, t))
+            end = t + frame.samples / frame.sample_rate
+    return gaps
+
+
 def find_offset(reference: np.ndarray, probe: np.ndarray, expected: int, radius: int) -> tuple[int, float]:
     """Position in ``reference`` where ``probe`` matches best, searched over expected - radius .. + radius.
 

@@ -27,7 +27,9 @@ from fixtures import generate as gen  # noqa: E402
 VIDEO_VARIANTS = [n for n, v in gen.VARIANTS.items() if v.kind == "av"]
 # Made as real recorders make them (offsets, jitter, tails, Opus pre-skip): tests/test_real_recordings.py
 # checks them against what they claim; the exact-metadata checks here are for the clean sources.
-REAL_RECORDINGS = {"webm_stream", "vfr_jitter", "offset_mkv", "late_audio", "audio_tail", "hlg", "pq"}
+REAL_RECORDINGS = {
+    "webm_stream", "webm_vp9", "audio_gap", "vfr_jitter", "offset_mkv", "late_audio", "audio_tail", "hlg", "pq"
+}  # fmt: skip
 BARCODE_VARIANTS = ["cfr30", "cfr2997", "odd", "rotated", "vfr", "noaudio", "mono44k", "twoaudio", "surround51"]
 
 
@@ -58,7 +60,8 @@ def test_every_variant_is_generated_with_its_documented_name(media):
         "playlist": "playlist.mp4", "concat_script": "concat.mp4", "secret": "secret.ts",
         "grow_frames": "grow_frames.mkv", "many_channels": "many_channels.wav", "absurd_rate": "absurd_rate.wav",
         "tiny_bitrate": "tiny_bitrate.mp4",
-        "webm_stream": "webm_stream.webm", "vfr_jitter": "vfr_jitter.mkv", "offset_mkv": "offset_mkv.mkv",
+        "webm_stream": "webm_stream.webm", "webm_vp9": "webm_vp9.webm", "audio_gap": "audio_gap.mp4",
+        "vfr_jitter": "vfr_jitter.mkv", "offset_mkv": "offset_mkv.mkv",
         "late_audio": "late_audio.mp4", "audio_tail": "audio_tail.mp4", "long2997": "long2997.mp4", "hlg": "hlg.mp4",
         "pq": "pq.mp4", "bt601": "bt601.mp4",
     }  # fmt: skip

@@ -43,14 +43,19 @@ def _facts(path: Path, name: str) -> dict:
     idx = [i for _, i in frames]
     assert None not in idx
     audio, sr = mc.decode_audio(path)
-    a_first = mc.audio_start_seconds(path)
+    a_first = Fraction(mc.audio_start_seconds(path)).limit_denominator(1_000_000)
+    # Holes in the audio (packets a recorder dropped), from the decoded frames' timestamps: the stream's extent
+    # is its samples plus its holes, and the promise there is silence.
+    gaps = mc.audio_gaps(path)
+    missing = sum((Fraction(g1 - g0).limit_denominator(1_000_000) for g0, g1 in gaps), Fraction(0))
     return {
         "v": v,
         "pts": np.array(pts),
         "idx": idx,
         "v_start": Fraction(pts[0]).limit_denominator(90000),
-        "a_first": Fraction(a_first).limit_denominator(1_000_000),
-        "a_end": Fraction(a_first).limit_denominator(1_000_000) + Fraction(audio.shape[1], sr),
+        "a_first": a_first,
+        "a_end": a_first + Fraction(audio.shape[1], sr) + missing,
+        "gaps": gaps,
         "sr": sr,
         # The noise's sample 0 plays at the offset the generator gave the audio.
         "ref_start": float(v.extra.get("audio_offset", 0.0)),
@@ -105,7 +110,7 @@ def _check_video(out: Path, f: dict, exp: oracle.Expected) -> dict:
 
 
 def _sync(out: Path, f: dict, exp: oracle.Expected, tol: float) -> oracle.SyncReport:
-    rep = oracle.measure_sync(out, exp, f["ref"], f["sr"], ref_start=f["ref_start"])
+    rep = oracle.measure_sync(out, exp, f["ref"], f["sr"], ref_start=f["ref_start"], gaps=f["gaps"])
     assert rep.measured + rep.too_short == len(exp.spans)
     assert rep.worst_s <= tol, f"A/V offset {rep.worst_s * 1000:.3f} ms"
     return rep
@@ -130,6 +135,9 @@ SEGMENTS = [Segment(0.0, 1.234), Segment(1.5, 2.1), Segment(2.4, 3.95), Segment(
 # (fixture, segments) pairs: cuts that reach into the awkward parts of each recording.
 CASES = {
     "webm_stream": SEGMENTS,
+    "webm_vp9": [Segment(0.0, 1.234), Segment(1.5, 2.1), Segment(2.4, 3.95)],
+    # a piece across the 2.0-2.4 s hole (one window in it, one after it) and pieces after it
+    "audio_gap": [Segment(0.5, 1.5), Segment(1.8, 3.2), Segment(3.5, 4.4), Segment(4.9, 5.9)],
     "offset_mkv": SEGMENTS,
     "late_audio": SEGMENTS,
     # past the end of the video, and off the frame grid (an audio-only render cuts on samples)
@@ -151,7 +159,7 @@ def test_real_recording_renders_exactly(media, tmp_path, name, fmt):
     out = tmp_path / f"out.{fmt}"
     render(src, segs, OutputSpec(fmt), out)
     vfr = name.startswith("vfr")
-    tol = SYNC_TOL_S + (MS_TIMEBASE_S if name == "webm_stream" else 0.0)
+    tol = SYNC_TOL_S + (MS_TIMEBASE_S if name.startswith("webm") else 0.0)
     if fmt == "mp4":
         exp = _video_expected(f, segs)
         seen = _check_video(out, f, exp)
@@ -167,6 +175,8 @@ def test_real_recording_renders_exactly(media, tmp_path, name, fmt):
         exp = _audio_expected(f, segs)
     rep = _sync(out, f, exp, tol)
     assert rep.measured == len(exp.spans) and rep.too_short == 0
+    if name == "audio_gap":
+        assert rep.silent == 1 and rep.gap_edges == 0  # the window in the hole was checked silent
     _lengths(out, exp, f["sr"], fmt == "mp4")
 
 
@@ -206,21 +216,50 @@ def test_late_audio_is_silent_before_it_starts_and_in_sync_after(media, tmp_path
     assert rep.measured == 2
 
 
-def test_whole_render_of_streamed_webm_is_whole(media, tmp_path):
+@pytest.mark.parametrize("fmt", ["mp4", "m4a", "mp3"])
+def test_audio_gap_is_filled_with_silence_and_sync_holds_after_it(media, tmp_path, fmt):
+    """Audio packets missing from 2.0 to 2.4 s: the hole comes out silent, and everything after it in sync.
+
+    Counting samples instead of following the timestamps closes the hole, and every sample after it then
+    plays 0.4 s early. One piece over nearly all of it, measured in 20 windows: before, inside and after the
+    hole. (It stops at 5.9 s so the extent is the plan's, not the last AAC frame's padding, which PyAV decodes.)
+    """
+    src = media["audio_gap"]
+    f = _facts(src, "audio_gap")
+    out = tmp_path / f"out.{fmt}"
+    segs = [Segment(0.0, 5.9)]
+    render(src, segs, OutputSpec(fmt), out)
+    exp = _video_expected(f, segs) if fmt == "mp4" else _audio_expected(f, segs)
+    rep = oracle.measure_sync(out, exp, f["ref"], f["sr"], windows_per_piece=20, gaps=f["gaps"])
+    # windows every 5.9 s / 21: 1.97 s is at the hole's edge, 2.25 s inside it, the other 18 on noise
+    assert (rep.silent, rep.gap_edges, len(rep.offsets_s)) == (1, 1, 18)
+    assert rep.worst_s <= SYNC_TOL_S, f"A/V offset {rep.worst_s * 1000:.3f} ms"
+    # The whole hole, less the codecs' blur at its edges, is digital silence in the output.
+    ((g0, g1),) = f["gaps"]
+    audio, sr = mc.decode_audio(out)
+    t0 = float(exp.origin) if fmt != "mp4" else float(f["v_start"])
+    a, b = round((g0 - t0 + float(oracle.GAP_EDGE_S)) * sr), round((g1 - t0 - float(oracle.GAP_EDGE_S)) * sr)
+    assert np.abs(audio[:, a:b]).max() < 1e-3, "sound where the source has none"
+    _lengths(out, exp, f["sr"], fmt == "mp4")
+
+
+@pytest.mark.parametrize("name", ["webm_stream", "webm_vp9"])
+def test_whole_render_of_streamed_webm_is_whole(media, tmp_path, name):
     """No duration, no cues: still rendered to its last frame and sample (the issue saw 1 frame, 12 ms)."""
-    src = media["webm_stream"]
-    f = _facts(src, "webm_stream")
+    src = media[name]
+    f = _facts(src, name)
+    v = f["v"]
     for fmt in ("mp4", "m4a"):
         out = tmp_path / f"whole.{fmt}"
         render(src, None, OutputSpec(fmt), out)
         if fmt == "mp4":
             exp = _video_expected(f, None)
             _check_video(out, f, exp)
-            assert exp.total == 180
+            assert exp.total == v.frames
         else:
             exp = _audio_expected(f, None)
-            assert abs(exp.total - 6.0 * 48000) <= 48  # the Opus stream's own end, to its 1 ms timestamps
-        # The Opus stream ends at 6.001 s by its (millisecond) timestamps, 48 samples after its last sample.
+            assert abs(exp.total - v.duration * 48000) <= 48  # the Opus stream's own end, to its 1 ms timestamps
+        # The Opus stream ends 1 ms late by its (millisecond) timestamps, 48 samples after its last sample.
         _lengths(out, exp, f["sr"], fmt == "mp4", slack=48)
         _sync(out, f, exp, SYNC_TOL_S + MS_TIMEBASE_S)
 
@@ -394,9 +433,13 @@ def test_probe_cli_reports_real_duration_starts_and_nominal_rate(media):
         assert res.exit_code == 0, res.output
         return json.loads(res.stdout)
 
-    webm = probe("webm_stream")  # no duration in the header
-    assert webm["duration"] == pytest.approx(6.0, abs=0.002)
-    assert webm["video"]["duration"] == pytest.approx(6.0, abs=1e-3) and webm["video"]["rate"] == "30/1"
+    for name in ("webm_stream", "webm_vp9"):
+        webm = probe(name)  # no duration in the header
+        seconds = gen.VARIANTS[name].duration
+        assert webm["duration"] == pytest.approx(seconds, abs=0.002)
+        assert webm["video"]["duration"] == pytest.approx(seconds, abs=1e-3) and webm["video"]["rate"] == "30/1"
+    gap = probe("audio_gap")  # the hole is inside the stream: its extent is the whole 6 s
+    assert gap["audio"]["start"] == 0.0 and gap["audio"]["end"] == pytest.approx(6.0, abs=1e-3)
     offset = probe("offset_mkv")
     assert offset["video"]["start"] == pytest.approx(0.021, abs=1e-6) and offset["audio"]["start"] == 0.0
     late = probe("late_audio")
@@ -411,9 +454,11 @@ def test_probe_cli_reports_real_duration_starts_and_nominal_rate(media):
     assert probe("pq")["video"]["hdr"] and not probe("cfr30")["video"]["hdr"]
 
 
-def test_streamed_webm_fixture_has_no_duration_and_no_cues(media):
-    path = media["webm_stream"]
+@pytest.mark.parametrize("name", ["webm_stream", "webm_vp9"])
+def test_streamed_webm_fixture_has_no_duration_and_no_cues(media, name):
+    path = media[name]
     with av.open(str(path)) as c:
+        assert c.streams.video[0].codec_context.name == gen.VARIANTS[name].video_codec
         assert c.duration is None
         assert all(s.duration is None for s in c.streams)
         first_audio = next(p for p in c.demux(c.streams.audio[0]) if p.pts is not None)
@@ -433,6 +478,11 @@ def test_real_recording_fixtures_are_what_they_claim(media):
     assert mc.frame_indices(media["offset_mkv"])[0][0] == pytest.approx(0.021, abs=1e-6)
     assert mc.audio_start_seconds(media["offset_mkv"]) == 0.0
     assert mc.audio_start_seconds(media["late_audio"]) == pytest.approx(0.3 - 1024 / 48000, abs=1e-6)
+    # audio_gap: one hole, the AAC frames (1024 samples) whose timestamps fall in 2.0-2.4 s, and nothing else
+    ((g0, g1),) = mc.audio_gaps(media["audio_gap"])
+    assert (g0, g1) == (pytest.approx(94 * 1024 / 48000), pytest.approx(113 * 1024 / 48000))
+    assert mc.audio_gaps(media["cfr30"]) == [] and mc.audio_gaps(media["webm_stream"]) == []
+    assert [i for _, i in mc.frame_indices(media["audio_gap"])] == list(range(180))  # the picture is whole
     tail = mc.stream_durations(media["audio_tail"])
     assert tail["video"] == pytest.approx(4.0) and tail["audio"] >= 6.5
     with av.open(str(media["hlg"])) as c:
