@@ -138,7 +138,7 @@ def plan_chunks(
     timeline: Timeline,
     *,
     count: int | None = None,
-    chunk_s: float = 30.0,
+    chunk_s: float = 60.0,
     min_s: float = 60.0,
     seek_gap: int | None = None,
     margin: int = 0,

@@ -271,10 +271,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "max_segments", int, 10_000, "Plans with more segments are rejected as `invalid_job`.", min=1, max=1_000_000
     ),
+    # Chunked renders. Each chunk costs about its 2 s pre-roll in extra encoding (BENCHMARKS.md, "Chunked
+    # renders": +3 % CPU for 2 chunks of a 90 s render, about 2 % more per further chunk), so 60 s chunks stay
+    # near 3 % over the whole render while an hour still splits 60 ways.
     Setting(
         "chunk_s",
         float,
-        30.0,
+        60.0,
         "A chunked render's output is cut into chunks of about this many seconds, rendered apart and joined.",
         min=5,
         max=3600,
