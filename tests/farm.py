@@ -55,6 +55,10 @@ BASE_SETTINGS: dict[str, str] = {
     # The farm's webhook receivers listen on loopback, which the address policy
     # refuses by default (worker/netguard.py); tests opt in explicitly.
     "RENDER_WEBHOOK_ALLOW_PRIVATE": "1",
+    # Whole renders: the queue tests written for one render on one worker (leases, cancel, kill -9, retries)
+    # keep testing that path with sources longer than the 60 s default. tests/test_chunks_queue.py sets its
+    # own RENDER_CHUNK_S / RENDER_CHUNK_MIN_S to test chunked renders through the queue.
+    "RENDER_CHUNK_MIN_S": "86400",
 }
 
 

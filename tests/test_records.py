@@ -10,6 +10,7 @@ has a Redis-only test.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -493,3 +494,40 @@ def test_decode_record_types() -> None:
     rec = decode_record(raw)
     assert rec["attempts"] == 2 and rec["progress"] == 1.0 and rec["size_bytes"] == 5 and rec["output"] == {"a": 1}
     assert rec["error_code"] is None and rec["output_key"] is None
+
+
+# --- chunked renders: part leases and the stored-chunk barrier (both stores) ---------------------------------
+
+
+def test_part_lease_is_held_by_one_token_and_lapses(kit: Kit) -> None:
+    store, render_id = kit.store, rid()
+    assert store.part_lease(render_id, "chunk-0", "a", 30)
+    assert store.part_lease(render_id, "chunk-0", "a", 30)  # renewal by the holder
+    assert not store.part_lease(render_id, "chunk-0", "b", 30)  # a duplicate delivery waits
+    assert store.part_lease(render_id, "chunk-1", "b", 30)  # another chunk is another lease
+    store.part_release(render_id, "chunk-0", "b")  # not the holder: nothing
+    assert not store.part_lease(render_id, "chunk-0", "b", 30)
+    store.part_release(render_id, "chunk-0", "a")
+    assert store.part_lease(render_id, "chunk-0", "b", 30)
+    # A holder that stops renewing (a killed worker) loses the lease after its TTL.
+    assert store.part_lease(render_id, "assembly", "a", 0.05)
+    if isinstance(store, MemoryRecordStore):
+        kit.clock.now += 1
+    else:
+        time.sleep(0.2)
+    assert store.part_lease(render_id, "assembly", "b", 30)
+
+
+def test_chunk_barrier_counts_distinct_chunks_and_progress_sums(store: RecordStore) -> None:
+    render_id = rid()
+    assert store.chunk_stored(render_id, 0) == 1
+    assert store.chunk_stored(render_id, 0) == 1  # stored twice (a duplicate delivery) counts once
+    assert store.chunk_stored(render_id, 2) == 2
+    assert store.chunk_progress(render_id, 0, 100) == 100
+    assert store.chunk_progress(render_id, 1, 40) == 140
+    assert store.chunk_progress(render_id, 1, 50) == 150  # a chunk's progress replaces its earlier value
+    store.part_lease(render_id, "chunk-1", "a", 30)
+    store.chunks_clear(render_id)
+    assert store.chunk_stored(render_id, 1) == 1
+    assert store.chunk_progress(render_id, 1, 5) == 5
+    assert store.part_lease(render_id, "chunk-1", "b", 30)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
 import re
 import sys
 import threading
@@ -194,6 +195,7 @@ class Runtime:
     broker: RedisBroker
     render: dramatiq.Actor[..., None]
     deliver_webhook: dramatiq.Actor[..., None]
+    render_part: dramatiq.Actor[..., None]
 
 
 _runtime: Runtime | None = None
@@ -235,7 +237,19 @@ def setup(settings: Settings | None = None) -> RedisBroker:
             max_backoff=s.webhook_max_backoff_ms,
             retry_when=_retry_when(webhook_retries),
         )(_deliver_webhook)
-        _runtime = Runtime(s, broker, render_actor, webhook_actor)
+        # The chunks and the assembly of a chunked render (pipeline.process_part): the render queue, so any
+        # worker takes them, with the render's retry policy (a chunk that fails transiently is retried alone).
+        part_actor = dramatiq.actor(
+            actor_name="render_part",
+            queue_name=s.queue,
+            broker=broker,
+            max_retries=s.max_retries,
+            min_backoff=s.retry_min_backoff_ms,
+            max_backoff=s.retry_max_backoff_ms,
+            retry_when=_retry_when(s.max_retries),
+            time_limit=int((s.time_limit_s + 600) * 1000),
+        )(_render_part)
+        _runtime = Runtime(s, broker, render_actor, webhook_actor, part_actor)
         return broker
 
 
@@ -271,7 +285,14 @@ def _deps() -> pipeline.Deps:
         storage=S3Storage(settings),
         send_event=enqueue_event,
         observer=telemetry.PipelineObserver(),
+        dispatch=_dispatch_part,
     )
+
+
+def _dispatch_part(kind: str, body: dict[str, Any]) -> None:
+    """Send a chunk or the assembly of a chunked render (``kind`` only names it in the log)."""
+    message = runtime().render_part.send(body)
+    log.info("render %s: %s message %s sent", body["job"].get("render_id"), kind, message.message_id)
 
 
 def enqueue_event(
@@ -326,6 +347,25 @@ def _render(message: Any) -> None:
     # Dramatiq has no use for a return value without a result backend (and warns
     # about one on every message), so the outcome goes to the log instead.
     log.info("render message %s: %s", current.message_id if current is not None else "?", outcome.value)
+
+
+def _render_part(body: dict[str, Any]) -> None:
+    settings = runtime().settings
+    current = CurrentMessage.get_current_message()
+    retries = current.options.get("retries", 0) if current is not None else 0
+    try:
+        outcome = pipeline.process_part(
+            body, _deps(), last_attempt=retries >= settings.max_retries, cancel=_shutdown_event()
+        )
+    except (pipeline.LeaseBusy, Cancelled) as err:
+        if current is None:
+            raise
+        busy = isinstance(err, pipeline.LeaseBusy)
+        delay_ms = int(settings.lease_ttl_s * 1000) if busy else settings.retry_min_backoff_ms
+        _requeue(current, max(delay_ms, settings.retry_min_backoff_ms), err.message)
+        return
+    part = "assembly" if body.get("index") is None else f"chunk {body['index']}"
+    log.info("render %s %s: %s (pid %d)", body["job"].get("render_id"), part, outcome.value, os.getpid())
 
 
 def _deliver_webhook(

@@ -85,6 +85,8 @@ class Outcome(enum.Enum):
     FAILED = "failed"
     CANCELLED = "cancelled"  # the record was cancelled: stopped (or never started), acknowledged
     DUPLICATE = "duplicate"  # already terminal: nothing done
+    DISPATCHED = "dispatched"  # a chunked render: its chunks are on the queue, the assembly completes it
+    STORED = "stored"  # one chunk of a chunked render stored under the render's temporary prefix
 
 
 class LeaseBusy(RenderError):
@@ -128,6 +130,9 @@ class Deps:
     send_event: EventSender
     observer: Observer = dataclasses.field(default_factory=Observer)
     renderer: Callable[..., RenderResult] = render
+    #: Sends a part of a chunked render as a message of its own (``"chunk"`` or ``"assembly"``, body); None
+    #: (render-cli, unit tests) renders everything whole on this worker.
+    dispatch: Callable[[str, dict[str, Any]], None] | None = None
 
 
 def _defaults_from_raw(raw: Any) -> dict[str, Any]:
@@ -302,10 +307,18 @@ class _Watch:
     could carry it too, but it runs only every ``lease_ttl_s / 3`` (10 s).
     """
 
-    def __init__(self, deps: Deps, render_id: str, shutdown: threading.Event | None) -> None:
+    def __init__(
+        self,
+        deps: Deps,
+        render_id: str,
+        shutdown: threading.Event | None,
+        stop_states: tuple[str, ...] = ("cancelled",),
+    ) -> None:
         self.deps = deps
         self.render_id = render_id
         self.shutdown = shutdown
+        #: A chunk also stops when another chunk failed the render (a render whole is the only writer of its record).
+        self.stop_states = stop_states
         self.stop = threading.Event()
         self.requested = threading.Event()  # the record is cancelled
         self._done = threading.Event()
@@ -326,7 +339,7 @@ class _Watch:
         except RenderError as exc:  # Redis away for a moment: the next poll asks again
             log.warning("cancel check for %s failed: %s", self.render_id, exc)
             return self.requested.is_set()
-        if state == "cancelled":
+        if state in self.stop_states:
             self.requested.set()
             self.stop.set()
         return self.requested.is_set()
@@ -496,7 +509,7 @@ def process(
             _Watch(deps, job.render_id, cancel) as watch,
         ):
             try:
-                result = _run(job, deps, lease, watch, scratch)
+                result = _run(job, deps, lease, watch, scratch, raw)
             except Exception as exc:
                 if watch.cancelled():
                     # Whatever stopped the render (ffmpeg killed, the lease refused), the record is cancelled:
@@ -513,6 +526,10 @@ def process(
     except CancelRequested:
         # The upload may have been under way when the cancel landed (it is checked just before it starts).
         return _cancelled(deps, job, may_have_uploaded=True)
+    except _Dispatched:
+        # The record stays processing under this delivery's token, which the chunks renew and the assembly
+        # completes with; this message is done.
+        return Outcome.DISPATCHED
     except LeaseBusy:
         # Another worker took the render over while this one was stalled: it owns
         # the record now, so this delivery just steps aside.
@@ -551,7 +568,7 @@ def process(
     return Outcome.DUPLICATE
 
 
-def _run(job: Job, deps: Deps, lease: _Lease, watch: _Watch, scratch: Scratch) -> RenderResult:
+def _run(job: Job, deps: Deps, lease: _Lease, watch: _Watch, scratch: Scratch, raw: Any = None) -> RenderResult:
     if job.output.is_export:
         return _run_export(job, deps, lease, watch, scratch)
     settings = deps.settings
@@ -576,6 +593,11 @@ def _run(job: Job, deps: Deps, lease: _Lease, watch: _Watch, scratch: Scratch) -
         src = tmp / f"source{_ext_of(job.source_uri)}"
         deps.storage.fetch(job.source_uri, src)
         watch.raise_if_stopped()  # a download is not interruptible: check what happened meanwhile
+        if deps.dispatch is not None and preset.has_video:
+            count = _chunk_count(src, job, settings)
+            if count > 1:
+                _dispatch_chunks(deps, raw, count, lease.token)
+                raise _Dispatched(job.render_id)
         result = deps.renderer(
             src,
             job.segments,
@@ -652,6 +674,316 @@ def _run_export(job: Job, deps: Deps, lease: _Lease, watch: _Watch, scratch: Scr
         wall_s=done.wall_s,
         nvenc_fallback=None,
     )
+
+
+# --- Chunked renders through the queue (DESIGN, "Chunked renders"; README, "Through the queue") -------------
+#
+# A video render whose output is longer than RENDER_CHUNK_MIN_S is planned by the worker that takes its
+# message (the *coordinator*), which sends one ``chunk`` message per chunk and acknowledges its own. Any
+# worker takes a chunk: it fetches the source, plans the render exactly as the coordinator did (the plan is
+# a pure function of the probe and the settings; a count that differs is refused), encodes only its frames
+# (:func:`worker.render.render_chunk`) and stores the piece under ``tmp/<prefix>/<render_id>/``
+# (:data:`TMP_PREFIX`). The barrier is the record store's set of distinct stored chunks
+# (:meth:`RecordStore.chunk_stored`): every delivery that stores a chunk and finds the set complete sends the
+# ``assembly`` message, which renders the audio, downloads the pieces, joins them by stream copy, uploads the
+# output, completes the record and deletes the pieces.
+#
+# Why not Dramatiq's ``group(...).add_completion_callback`` with its GroupCallbacks barrier: that barrier
+# counts *successful deliveries*, not distinct chunks. A chunk delivered twice (Dramatiq's redelivery of a
+# message whose worker stalled past the heartbeat, or a crash between upload and ack) or put back on the queue
+# by :func:`worker.actors._requeue` (a busy lease, a shutdown: both return normally) counts again, so the
+# assembly would start with pieces missing, and a chunk that succeeds only after a retry made from a copy
+# would never be counted at all. A set keyed by chunk index counts each chunk once however often it is
+# delivered, and an assembly sent twice is harmless (its own lease, then the terminal record).
+#
+# Every part runs under the record's lease token (the coordinator's, carried in the message): a chunk's
+# progress renews the record's lease, and the assembly completes or any part fails the record with it.
+
+
+class _Dispatched(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """The render's chunks were sent; the coordinator's message is done."""
+
+
+class ChunkStalled(RenderError):
+    """A chunk made no progress for its lease time: stopped and put back on the queue."""
+
+    code = ErrorCode.ENCODE_FAILED
+    transient = True
+
+
+#: Where the pieces of chunked renders are stored in the output bucket, at the top of it: an S3 lifecycle rule
+#: matches a key *prefix* only, so ``renders/<id>/tmp/`` could not be expired without expiring the outputs
+#: beside it. deploy/s3-lifecycle.json expires everything under it after a day (a crashed render's leftovers).
+TMP_PREFIX = "tmp/"
+
+
+def piece_key(settings: Settings, render_id: str, index: int) -> str:
+    """Where chunk ``index``'s piece is stored: ``tmp/<output prefix>/<render id>/chunk-NNNNN.mp4``."""
+    from worker.chunks import piece_name
+
+    parts = [TMP_PREFIX.rstrip("/"), settings.output_prefix.strip("/"), render_id, piece_name(index)]
+    return "/".join(p for p in parts if p)
+
+
+def _plan(src: Path, job: Job, settings: Settings) -> tuple[Any, Any]:
+    from worker.render import Limits, chunk_plan_for, plan_render
+
+    plan = plan_render(src, job.segments, job.output, limits=Limits.from_settings(settings))
+    return plan, chunk_plan_for(plan, settings)
+
+
+def _chunk_count(src: Path, job: Job, settings: Settings) -> int:
+    return len(_plan(src, job, settings)[1].chunks)
+
+
+def _dispatch_chunks(deps: Deps, raw: Any, count: int, token: str) -> None:
+    assert deps.dispatch is not None
+    log.info("render %s: %d chunks on the queue", render_id_of(raw), count)
+    for index in range(count):
+        deps.dispatch("chunk", {"job": raw, "index": index, "count": count, "token": token})
+
+
+def _delete_pieces(deps: Deps, render_id: str, count: int) -> None:
+    """Delete every temporary piece of the render (missing ones are no error) and its chunk bookkeeping."""
+    for index in range(count):
+        try:
+            deps.storage.delete(piece_key(deps.settings, render_id, index))
+        except RenderError as exc:  # the lifecycle rule on the temporary prefix expires it (deploy/)
+            log.error("render %s: could not delete chunk %d's piece: %s", render_id, index, exc)
+    with contextlib.suppress(RenderError):
+        deps.records.chunks_clear(render_id)
+
+
+class _PartLease:
+    """Renews a part's lease and writes the render's progress (the sum over its chunks).
+
+    A chunk whose frame count has not moved for ``lease_ttl_s`` is stopped (:attr:`stalled`, and the render's
+    stop event) so its message goes back on the queue instead of hanging the render.
+    """
+
+    def __init__(
+        self, deps: Deps, render_id: str, part: str, token: str, record_token: str, stop: threading.Event
+    ) -> None:
+        self.deps, self.render_id, self.part = deps, render_id, part
+        self.token, self.record_token, self.stop_event = token, record_token, stop
+        self.index: int | None = None
+        self.frames = 0  # this chunk's frames done
+        self.total = 0  # the render's frames
+        self.lost = threading.Event()
+        self.stalled = threading.Event()
+        self._moved = time.monotonic()
+        self._seen = -1
+        self._stop = threading.Event()
+        # Progress goes out as often as a whole render's does (RENDER_PROGRESS_INTERVAL_S), the lease with it.
+        every = max(0.2, min(deps.settings.lease_ttl_s / 3, deps.settings.progress_interval_s))
+        self._thread = threading.Thread(target=self._run, args=(every,), daemon=True)
+
+    def __enter__(self) -> _PartLease:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def on_progress(self, ratio: float, frames: int) -> None:
+        self.frames = int(ratio * frames)
+
+    def _run(self, every: float) -> None:
+        ttl = self.deps.settings.lease_ttl_s
+        while not self._stop.wait(every):
+            try:
+                if not self.deps.records.part_lease(self.render_id, self.part, self.token, ttl):
+                    self.lost.set()
+                if self.index is not None and self.total:
+                    done = self.deps.records.chunk_progress(self.render_id, self.index, self.frames)
+                    self.deps.records.progress(self.render_id, self.record_token, min(done / self.total, 0.99), ttl)
+            except RenderError as exc:
+                log.warning("lease renewal for %s %s failed: %s", self.render_id, self.part, exc)
+            if self.index is None:
+                continue
+            if self.frames != self._seen:
+                self._seen, self._moved = self.frames, time.monotonic()
+            elif time.monotonic() - self._moved >= ttl:
+                log.error("render %s: %s made no progress for %.0f s; requeued", self.render_id, self.part, ttl)
+                self.stalled.set()
+                self.stop_event.set()
+
+
+def process_part(
+    body: Mapping[str, Any], deps: Deps, *, last_attempt: bool, cancel: threading.Event | None = None
+) -> Outcome:
+    """Run one delivery of a chunked render's ``chunk`` or ``assembly`` message (built by :func:`process`)."""
+    settings = deps.settings
+    job = parse_job(
+        body["job"],
+        max_segments=settings.max_segments,
+        allow_private_webhooks=settings.webhook_allow_private,
+        source_buckets=settings.source_bucket_list,
+    )
+    index = body.get("index")
+    count, record_token = int(body["count"]), str(body["token"])
+    part = "assembly" if index is None else f"chunk-{int(index)}"
+    render_id = job.render_id
+    state = deps.records.state(render_id)
+    if state in ("completed", "failed", "cancelled"):
+        if state != "completed":  # pieces a failed or cancelled render left (a completed one deleted its own)
+            _delete_pieces(deps, render_id, count)
+        _terminal_event(deps, render_id, job.webhook)
+        return Outcome.CANCELLED if state == "cancelled" else Outcome.DUPLICATE
+    if index is not None and deps.storage.exists(piece_key(settings, render_id, int(index))):
+        # Stored already (a duplicate delivery, or a redelivery after a crash between the upload and the ack):
+        # nothing to render; the barrier is passed again, in case the crash came before it.
+        _chunk_stored(deps, body["job"], render_id, int(index), count, record_token)
+        return Outcome.DUPLICATE
+    token = uuid.uuid4().hex
+    if not deps.records.part_lease(render_id, part, token, settings.lease_ttl_s):
+        raise LeaseBusy(f"render {render_id}: {part} is being rendered by another worker")
+    defaults = _job_defaults(job)
+    try:
+        with (
+            Scratch(settings.work_dir, f"{render_id}-{part}") as scratch,
+            _Watch(deps, render_id, cancel, stop_states=("cancelled", "failed", "completed")) as watch,
+            _PartLease(deps, render_id, part, token, record_token, watch.stop) as lease,
+        ):
+            try:
+                if index is None:
+                    return _assemble_part(job, deps, count, record_token, lease, watch, scratch)
+                _chunk_part(job, body["job"], deps, int(index), count, lease, watch, scratch)
+            except Exception as exc:
+                if lease.stalled.is_set():
+                    raise ChunkStalled(f"render {render_id}: {part} made no progress") from exc
+                if watch.cancelled():
+                    raise CancelRequested(f"render {render_id} was stopped") from exc
+                raise
+    except CancelRequested:
+        _delete_pieces(deps, render_id, count)
+        _terminal_event(deps, render_id, job.webhook)
+        return Outcome.CANCELLED
+    except RenderError as err:
+        deps.records.part_release(render_id, part, token)
+        if err.transient and (not last_attempt or isinstance(err, Cancelled)):
+            raise
+        _fail(deps, render_id, err, defaults, job.asset_id, job.webhook, record_token)
+        _delete_pieces(deps, render_id, count)
+        return Outcome.FAILED
+    except Exception as exc:  # noqa: BLE001 - a bug: fail the render instead of retrying forever
+        log.exception("render %s: %s failed unexpectedly", render_id, part)
+        bug = RenderError(f"unexpected error: {type(exc).__name__}: {exc}")
+        _fail(deps, render_id, bug, defaults, job.asset_id, job.webhook, record_token)
+        _delete_pieces(deps, render_id, count)
+        return Outcome.FAILED
+    deps.records.part_release(render_id, part, token)
+    return Outcome.STORED
+
+
+def _fetch_and_plan(job: Job, deps: Deps, watch: _Watch, scratch: Scratch, count: int) -> tuple[Any, Any]:
+    settings = deps.settings
+    size = deps.storage.size(job.source_uri)
+    if size > settings.max_source_bytes:
+        raise SourceError(
+            f"source is {size} bytes, over the limit of {settings.max_source_bytes}", code=ErrorCode.SOURCE_TOO_LARGE
+        )
+    src = scratch.path / f"source{_ext_of(job.source_uri)}"
+    deps.storage.fetch(job.source_uri, src)
+    watch.raise_if_stopped()
+    plan, cplan = _plan(src, job, settings)
+    if len(cplan.chunks) != count:  # workers with different RENDER_CHUNK_* settings: a deployment error
+        raise RenderError(f"this worker plans {len(cplan.chunks)} chunks, the render was sent as {count}")
+    return plan, cplan
+
+
+def _chunk_part(
+    job: Job, raw: Any, deps: Deps, index: int, count: int, lease: _PartLease, watch: _Watch, scratch: Scratch
+) -> None:
+    from worker.chunks import piece_name
+    from worker.render import render_chunk
+
+    settings = deps.settings
+    plan, cplan = _fetch_and_plan(job, deps, watch, scratch, count)
+    lease.index, lease.total = index, cplan.total
+    frames = cplan.chunks[index].frames
+    piece = scratch.path / piece_name(index)
+    log.info("render %s: rendering chunk %d of %d", job.render_id, index, count)
+    render_chunk(
+        plan,
+        cplan,
+        index,
+        piece,
+        ffmpeg_bin=settings.ffmpeg_path or None,
+        on_progress=lambda ratio: lease.on_progress(ratio, frames),
+        cancel=watch.stop,
+        deadline=time.monotonic() + settings.time_limit_s,
+    )
+    watch.raise_if_stopped()
+    if lease.lost.is_set():
+        raise LeaseBusy(f"lost the lease on chunk {index} of {job.render_id} while rendering")
+    deps.storage.put(piece, piece_key(settings, job.render_id, index), "video/mp4")
+    if deps.records.state(job.render_id) in ("cancelled", "failed"):
+        # Stopped during the upload: the part that stopped it may have deleted the pieces already, before this one
+        # landed, so this piece goes now rather than waiting for the lifecycle rule.
+        deps.storage.delete(piece_key(settings, job.render_id, index))
+        raise CancelRequested(f"render {job.render_id} was stopped while chunk {index} was uploaded")
+    lease.frames = frames
+    deps.records.chunk_progress(job.render_id, index, frames)
+    log.info("render %s: chunk %d of %d stored", job.render_id, index, count)
+    _chunk_stored(deps, raw, job.render_id, index, count, lease.record_token)
+
+
+def _chunk_stored(deps: Deps, raw: Any, render_id: str, index: int, count: int, record_token: str) -> None:
+    """The barrier: the delivery that finds every chunk stored sends the assembly (a duplicate is harmless)."""
+    if deps.records.chunk_stored(render_id, index) >= count:
+        assert deps.dispatch is not None
+        deps.dispatch("assembly", {"job": raw, "count": count, "token": record_token})
+
+
+def _assemble_part(
+    job: Job, deps: Deps, count: int, record_token: str, lease: _PartLease, watch: _Watch, scratch: Scratch
+) -> Outcome:
+    from worker.chunks import piece_name
+    from worker.render import assemble, render_audio
+
+    settings = deps.settings
+    started = time.monotonic()
+    deadline = started + settings.time_limit_s
+    ffmpeg_bin = settings.ffmpeg_path or None
+    plan, cplan = _fetch_and_plan(job, deps, watch, scratch, count)
+    audio = render_audio(plan, scratch.path / "audio.m4a", ffmpeg_bin=ffmpeg_bin, cancel=watch.stop, deadline=deadline)
+    pieces = [scratch.path / "pieces" / piece_name(k) for k in range(count)]
+    for k, piece in enumerate(pieces):
+        deps.storage.download(piece_key(settings, job.render_id, k), piece)
+    watch.raise_if_stopped()
+    preset = load_preset(job.output.format, "cpu")
+    out = scratch.path / f"{job.render_id}.{preset.extension}"
+    assemble(plan, cplan, pieces, audio, out, ffmpeg_bin=ffmpeg_bin, cancel=watch.stop, deadline=deadline)
+    watch.raise_if_stopped()
+    key = _output_key(settings, job)
+    size = out.stat().st_size
+    t0 = time.monotonic()
+    deps.storage.put(out, key, preset.content_type)
+    deps.observer.uploaded(size, time.monotonic() - t0)
+    fields = {
+        "size_bytes": size,
+        "duration_s": round(plan.timeline.duration, 6),
+        "encoder": preset.encoder,
+        "output_key": key,
+        "chunks": count,
+    }
+    if not deps.records.complete(job.render_id, record_token, fields):
+        if deps.records.state(job.render_id) == "cancelled":
+            with contextlib.suppress(RenderError):
+                deps.storage.delete(key)
+            _delete_pieces(deps, job.render_id, count)
+            _terminal_event(deps, job.render_id, job.webhook)
+            return Outcome.CANCELLED
+        _terminal_event(deps, job.render_id, job.webhook)
+        return Outcome.DUPLICATE
+    fmt = job.output.format
+    wall = time.monotonic() - started
+    deps.observer.finished("completed", fmt, preset.encoder, wall, plan.timeline.duration, plan.info.duration)
+    _delete_pieces(deps, job.render_id, count)
+    _send(deps, COMPLETED, job.render_id, job.asset_id, job.webhook, {})
+    return Outcome.COMPLETED
 
 
 def download_url(storage: Storage, record: Mapping[str, Any], expiry_s: int) -> str | None:

@@ -204,6 +204,34 @@ class RecordStore(abc.ABC):
     def mark_event(self, render_id: str) -> None:
         """Note that the terminal event was handed to the webhook queue (never creates a record)."""
 
+    # -- chunked renders: the parts of one render that run on many workers (DESIGN, "Chunked renders") --------
+    #
+    # ``part`` names a chunk ("chunk-7") or the assembly ("assembly"). A part lease works as the render's lease
+    # does, one level down: held by one token, renewed while it works, lapsing ``ttl_s`` after its holder stops,
+    # so a crashed or stuck chunk is taken over by its redelivery while a duplicate delivery is told to wait.
+    # ``chunk_stored`` is the barrier: the set of distinct chunks stored, so a chunk stored twice (a duplicate
+    # delivery, a redelivery after a crash between upload and ack) counts once.
+
+    @abc.abstractmethod
+    def part_lease(self, render_id: str, part: str, token: str, ttl_s: float) -> bool:
+        """Take or renew the lease on ``part``; False while another token holds it."""
+
+    @abc.abstractmethod
+    def part_release(self, render_id: str, part: str, token: str) -> None:
+        """Drop our lease on ``part`` (nothing if another token holds it)."""
+
+    @abc.abstractmethod
+    def chunk_stored(self, render_id: str, index: int) -> int:
+        """Note chunk ``index`` as stored; returns how many distinct chunks are stored."""
+
+    @abc.abstractmethod
+    def chunk_progress(self, render_id: str, index: int, frames: int) -> int:
+        """Note ``frames`` done in chunk ``index``; returns the sum over the render's chunks."""
+
+    @abc.abstractmethod
+    def chunks_clear(self, render_id: str) -> None:
+        """Forget the render's chunk bookkeeping (leases, stored set, progress)."""
+
     def get(self, render_id: str) -> dict[str, Any] | None:
         raw = self.get_raw(render_id)
         return decode_record(raw) if raw else None
@@ -312,6 +340,8 @@ class RedisRecordStore(RecordStore):
         self._release = client.register_script(_RELEASE)
         self._mark_event = client.register_script(_MARK_EVENT)
         self._cancel = client.register_script(_CANCEL)
+        self._part_lease = client.register_script(_PART_LEASE)
+        self._part_release = client.register_script(_PART_RELEASE)
 
     @classmethod
     def from_url(cls, url: str, *, ttl_s: int = 30 * 86400) -> RedisRecordStore:
@@ -382,6 +412,51 @@ class RedisRecordStore(RecordStore):
     def mark_event(self, render_id: str) -> None:
         self._call(self._mark_event, keys=self._keys(render_id), args=[])
 
+    def _part_key(self, render_id: str, part: str) -> str:
+        return f"{self.prefix}:{render_id}:part:{part}"
+
+    def part_lease(self, render_id: str, part: str, token: str, ttl_s: float) -> bool:
+        key = self._part_key(render_id, part)
+        return bool(self._call(self._part_lease, keys=[key], args=[token, _ms(ttl_s)]))
+
+    def part_release(self, render_id: str, part: str, token: str) -> None:
+        self._call(self._part_release, keys=[self._part_key(render_id, part)], args=[token])
+
+    def chunk_stored(self, render_id: str, index: int) -> int:
+        key = f"{self.prefix}:{render_id}:chunks:stored"
+        pipe = self.r.pipeline()
+        pipe.sadd(key, str(index))
+        pipe.expire(key, self.ttl_s)
+        pipe.scard(key)
+        return int(self._call(pipe.execute)[-1])
+
+    def chunk_progress(self, render_id: str, index: int, frames: int) -> int:
+        key = f"{self.prefix}:{render_id}:chunks:progress"
+        pipe = self.r.pipeline()
+        pipe.hset(key, str(index), str(int(frames)))
+        pipe.expire(key, self.ttl_s)
+        pipe.hvals(key)
+        return sum(int(v) for v in self._call(pipe.execute)[-1])
+
+    def chunks_clear(self, render_id: str) -> None:
+        base = f"{self.prefix}:{render_id}"
+        keys = [f"{base}:chunks:stored", f"{base}:chunks:progress"]
+        keys += list(self._call(lambda: list(self.r.scan_iter(match=f"{base}:part:*", count=1000))))
+        self._call(self.r.delete, *keys)
+
+
+_PART_LEASE = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+_PART_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
+
 
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
@@ -398,6 +473,9 @@ class MemoryRecordStore(RecordStore):
         self._clock = clock
         self._data: dict[str, dict[str, str]] = {}
         self._leases: dict[str, tuple[str, float]] = {}  # render id -> (token, lapses at)
+        self._parts: dict[tuple[str, str], tuple[str, float]] = {}  # (render id, part) -> (token, lapses at)
+        self._stored: dict[str, set[int]] = {}
+        self._chunk_frames: dict[str, dict[int, int]] = {}
 
     def _holder(self, render_id: str) -> str | None:
         lease = self._leases.get(render_id)
@@ -523,3 +601,36 @@ class MemoryRecordStore(RecordStore):
         with self._lock:
             if render_id in self._data:
                 self._data[render_id]["event_enqueued"] = "1"
+
+    def part_lease(self, render_id: str, part: str, token: str, ttl_s: float) -> bool:
+        with self._lock:
+            held = self._parts.get((render_id, part))
+            if held is not None and held[0] != token and held[1] > self._clock():
+                return False
+            self._parts[(render_id, part)] = (token, self._clock() + ttl_s)
+            return True
+
+    def part_release(self, render_id: str, part: str, token: str) -> None:
+        with self._lock:
+            held = self._parts.get((render_id, part))
+            if held is not None and held[0] == token:
+                del self._parts[(render_id, part)]
+
+    def chunk_stored(self, render_id: str, index: int) -> int:
+        with self._lock:
+            stored = self._stored.setdefault(render_id, set())
+            stored.add(index)
+            return len(stored)
+
+    def chunk_progress(self, render_id: str, index: int, frames: int) -> int:
+        with self._lock:
+            done = self._chunk_frames.setdefault(render_id, {})
+            done[index] = int(frames)
+            return sum(done.values())
+
+    def chunks_clear(self, render_id: str) -> None:
+        with self._lock:
+            self._stored.pop(render_id, None)
+            self._chunk_frames.pop(render_id, None)
+            for key in [k for k in self._parts if k[0] == render_id]:
+                del self._parts[key]

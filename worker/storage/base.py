@@ -294,6 +294,12 @@ class Storage(abc.ABC):
         """Delete ``key`` from the output bucket; deleting a missing key is not an error."""
         self._retry(f"delete {key}", lambda: self._delete(key))
 
+    def download(self, key: str, dest: Path) -> int:
+        """Download ``key`` from the output bucket to ``dest`` (the worker's own intermediates: chunk pieces)."""
+        check_key(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        return self._retry(f"get {key}", lambda: self._fetch_object(self.output_bucket, key, dest))
+
     # -- primitives -----------------------------------------------------------------------
 
     @abc.abstractmethod
