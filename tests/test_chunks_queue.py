@@ -154,3 +154,40 @@ def test_cancel_stops_every_chunk_and_deletes_the_pieces(
     assert rig.dead() == []
     assert not any(f"render {rid} assembly" in w.log() for w in workers)
     assert [p for w in workers for pid in w.worker_pids() for p in ffmpeg_children(pid)] == []
+
+
+def test_duplicate_chunk_deliveries_do_nothing_and_count_once(
+    rig: Farm, media: dict[str, Path], webhook_receiver: WebhookReceiver, tmp_path: Path
+) -> None:
+    """Chunk 0 delivered three times: rendered once, and the barrier waits for every chunk.
+
+    The test plays the coordinator (it takes the record's lease and sends the chunk messages itself), so the
+    duplicates sit in the queue right behind the original, as a redelivery could put them, and the last two
+    chunks come late.
+    """
+    msg = rig.message(rig.upload(media["cfr30"]), "mp4", segments=CUT, webhook=webhook_receiver)
+    rid = msg["render_id"]
+    assert rig.records.start(rid, "coordinator", 3, {"asset_id": msg["asset_id"], "output": msg["output"]})
+
+    def send(*indices: int) -> None:
+        for index in indices:
+            rig.send({"job": msg, "index": index, "count": CHUNKS, "token": "coordinator"}, actor="render_part")
+
+    send(0, 0, 0, 1, 2)
+    worker = rig.start_worker()
+    # Chunks 3 and 4 are slow to come: a barrier that counted deliveries would have let the assembly go by now.
+    wait_for(lambda: stored_by(worker.log(), rid) == {0, 1, 2}, 120, "chunks 0-2 to be stored")
+    wait_for(lambda: rig.pending() == 0, 30, "the queue to drain")
+    assert rig.record(rid)["state"] == "processing"  # type: ignore[index]
+    assert f"render {rid}: assembly message" not in worker.log()
+    send(3, 4)
+    rec = rig.wait_record(rid, timeout_s=240)
+    assert rec["state"] == "completed", rec
+    check_exact(rig, rid, tmp_path)
+    log = worker.log()
+    assert sorted(rendered_by(log, rid)) == list(range(CHUNKS))  # chunk 0 once: the duplicates found it stored
+    assert log.count(f"render {rid} chunk 0: duplicate") == 2
+    assert log.count(f"render {rid} assembly: completed") == 1
+    assert temporary(rig, rid) == []
+    assert one_event(rig, webhook_receiver, rid) == ["render.completed"]
+    assert rig.dead() == []
