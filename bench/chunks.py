@@ -172,7 +172,25 @@ def join_quality(src: Path, segs: list[Segment], whole: Path, chunked: Path, chu
                 "chunked_vs_whole_min_db": round(min(cw), 2),
             }
         )
-    return {"chunks": chunks, "joins": rows}
+    # For scale: the same step at the whole render's own keyframes (an I frame is sharper than the P and B
+    # frames around it in any x264 encode; a join's IDR frame is one more such keyframe).
+    whole_keys = [k for k in _keyframes(whole) if k > 0 and all(abs(k - j) > WINDOW for j in joins)][:10]
+    wk = {k for key in whole_keys for k in (key - 1, key)}
+    ref2 = _luma_frames(src, {shown[k] for k in wk})
+    b2 = _luma_frames(whole, wk)
+    steps = [round(_psnr(b2[k], ref2[shown[k]]) - _psnr(b2[k - 1], ref2[shown[k - 1]]), 2) for k in whole_keys]
+    return {"chunks": chunks, "joins": rows, "whole_keyframe_steps_db": steps}
+
+
+def _keyframes(path: Path) -> list[int]:
+    """Output frame numbers of the keyframes of ``path``."""
+    import av
+
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        assert s.time_base is not None
+        rate = s.average_rate
+        return sorted(round(p.pts * s.time_base * rate) for p in c.demux(s) if p.size and p.is_keyframe)
 
 
 # --- entry points -----------------------------------------------------------------------------------------------
@@ -209,6 +227,7 @@ def main() -> int:
     ap.add_argument("--chunks", type=int, nargs="+", default=[2, 6])
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=90.0)
+    ap.add_argument("--quality-only", action="store_true", help="render once, unpinned, and measure the joins")
     args = ap.parse_args()
     cache = ROOT / ".fixtures-cache"
     cache.mkdir(exist_ok=True)
@@ -223,6 +242,14 @@ def main() -> int:
         segs_file.write_text(json.dumps([s.__dict__ for s in segs]))
         plan = plan_render(src, segs, SPEC)
         print(json.dumps({"output_s": round(plan.timeline.duration, 3), "frames": plan.timeline.total_units}))
+        if args.quality_only:
+            from worker.render import render_chunked
+
+            render(src, segs, SPEC, tmp / "whole.mp4")
+            for k in args.chunks:
+                render_chunked(src, segs, SPEC, tmp / f"chunked-{k}.mp4", chunks=k)
+                print(json.dumps(join_quality(src, segs, tmp / "whole.mp4", tmp / f"chunked-{k}.mp4", k)))
+            return 0
         for r in range(args.repeats):  # interleaved, so drifting load hits every contender alike
             wall, cpu = run_whole(src, segs_file, tmp / "whole.mp4")
             results.setdefault("whole", []).append((wall, cpu))
