@@ -110,7 +110,7 @@ def run_chunked(src: Path, segs_file: Path, out: Path, chunks: int, workers: int
     ]
     for p in procs:
         if p.wait() != 0:
-            raise SystemExit(f"a chunk worker failed ({p.args})")
+            raise SystemExit(f"a chunk worker failed ({p.args!r})")
     subprocess.run(_pinned(0, "_assemble", str(src), str(segs_file), str(work), str(chunks), str(out)), check=True)
     return time.monotonic() - t0, _cpu_children() - cpu0
 
@@ -125,7 +125,7 @@ def load_segs(path: Path) -> list[Segment]:
 def _luma_frames(path: Path, wanted: set[int]) -> dict[int, object]:
     import av
 
-    got = {}
+    got: dict[int, object] = {}
     with av.open(str(path)) as c:
         s = c.streams.video[0]
         for k, frame in enumerate(c.decode(s)):
@@ -188,9 +188,11 @@ def _keyframes(path: Path) -> list[int]:
 
     with av.open(str(path)) as c:
         s = c.streams.video[0]
-        assert s.time_base is not None
+        assert s.time_base is not None and s.average_rate is not None
         rate = s.average_rate
-        return sorted(round(p.pts * s.time_base * rate) for p in c.demux(s) if p.size and p.is_keyframe)
+        return sorted(
+            round(p.pts * s.time_base * rate) for p in c.demux(s) if p.size and p.is_keyframe and p.pts is not None
+        )
 
 
 # --- entry points -----------------------------------------------------------------------------------------------
