@@ -9,7 +9,9 @@ cut is five chunks that encode in a second or two each. Outputs are checked agai
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import time
 from fractions import Fraction
@@ -19,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import mediacheck as mc
 import oracle
 import pytest
-from farm import Farm, farm, ffmpeg_children, verified_events, wait_for
+from farm import Farm, alive, farm, ffmpeg_children, verified_events, wait_for
 
 if TYPE_CHECKING:
     from services import RedisServer, S3Server, WebhookReceiver
@@ -191,3 +193,27 @@ def test_duplicate_chunk_deliveries_do_nothing_and_count_once(
     assert temporary(rig, rid) == []
     assert one_event(rig, webhook_receiver, rid) == ["render.completed"]
     assert rig.dead() == []
+
+
+def test_a_chunk_making_no_progress_is_stopped_and_retried(
+    rig: Farm, media: dict[str, Path], webhook_receiver: WebhookReceiver, tmp_path: Path
+) -> None:
+    """A chunk's ffmpeg frozen (SIGSTOP) for the lease time is killed and its chunk retried; the render completes."""
+    worker = rig.start_worker()
+    rid = rig.enqueue(rig.upload(media["cfr30"]), "mp4", segments=CUT, webhook=webhook_receiver)
+    wait_for(lambda: rendered_by(worker.log(), rid), 60, "a chunk to start", interval_s=0.01)
+    frozen = wait_for(
+        lambda: [p for pid in worker.worker_pids() for p in ffmpeg_children(pid)], 30, "ffmpeg", interval_s=0.005
+    )
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    stalled_chunk = rendered_by(worker.log(), rid)[-1]
+    rec = rig.wait_record(rid, timeout_s=240)
+    assert rec["state"] == "completed", rec
+    check_exact(rig, rid, tmp_path)
+    log = worker.log()
+    assert f"render {rid}: chunk-{stalled_chunk} made no progress" in log
+    assert rendered_by(log, rid).count(stalled_chunk) == 2  # stopped once, then rendered again
+    assert not any(alive(p) for p in frozen)
+    assert temporary(rig, rid) == []
+    assert one_event(rig, webhook_receiver, rid) == ["render.completed"]

@@ -840,6 +840,9 @@ def process_part(
     if not deps.records.part_lease(render_id, part, token, settings.lease_ttl_s):
         raise LeaseBusy(f"render {render_id}: {part} is being rendered by another worker")
     defaults = _job_defaults(job)
+    # A chunk at work counts as a job in progress on this worker (render_jobs_in_progress); the telemetry
+    # middleware closes the entry when the message ends, and only the assembly counts the render as finished.
+    deps.observer.started(job.output.format)
     try:
         with (
             Scratch(settings.work_dir, f"{render_id}-{part}") as scratch,
