@@ -217,3 +217,29 @@ def test_a_chunk_making_no_progress_is_stopped_and_retried(
     assert not any(alive(p) for p in frozen)
     assert temporary(rig, rid) == []
     assert one_event(rig, webhook_receiver, rid) == ["render.completed"]
+
+
+def test_sigterm_mid_chunk_puts_the_chunk_back_and_another_worker_finishes(
+    rig: Farm, media: dict[str, Path], webhook_receiver: WebhookReceiver, tmp_path: Path
+) -> None:
+    first = rig.start_worker(shutdown_timeout_s=0.2)
+    rid = rig.enqueue(rig.upload(media["cfr30"]), "mp4", segments=CUT, webhook=webhook_receiver)
+    wait_for(lambda: len(rendered_by(first.log(), rid)) >= 2, 120, "a second chunk to start", interval_s=0.01)
+    # A chunk here encodes in half a second: its ffmpeg is frozen so that the shutdown surely finds it running.
+    frozen = wait_for(
+        lambda: [p for pid in first.worker_pids() for p in ffmpeg_children(pid)], 30, "ffmpeg", interval_s=0.005
+    )
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    first.signal(signal.SIGTERM)
+    assert first.proc.wait(timeout=30) == 0  # stopped cleanly: the chunk was stopped and put back, not lost
+    kept = stored_by(first.log(), rid)
+    assert "the render was cancelled; back on the queue" in first.log()  # the chunk it was rendering
+    assert rig.dead() == []
+    second = rig.start_worker()
+    rec = rig.wait_record(rid, timeout_s=240)
+    assert rec["state"] == "completed", rec
+    check_exact(rig, rid, tmp_path)
+    assert stored_by(second.log(), rid) == set(range(CHUNKS)) - kept  # what the first worker stored stayed stored
+    assert temporary(rig, rid) == []
+    assert one_event(rig, webhook_receiver, rid) == ["render.completed"]
