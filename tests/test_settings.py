@@ -32,6 +32,8 @@ BAD_VALUES = [
     ("RENDER_MAX_SOURCE_PIXELS", "0"),
     ("RENDER_MAX_SEGMENTS", "0"),
     ("RENDER_WEBHOOK_ALLOW_PRIVATE", "maybe"),
+    ("RENDER_OUTPUT_PREFIX", "tmp"),  # chunk pieces' prefix, expired by the lifecycle rule
+    ("RENDER_OUTPUT_PREFIX", "/tmp/renders"),
 ]
 
 

@@ -419,6 +419,13 @@ class Settings:
                 f"setting RENDER_BROKER_SWEEP_INTERVAL_S={self.broker_sweep_interval_s:g} must be shorter than"
                 f" RENDER_BROKER_HEARTBEAT_TIMEOUT_MS={self.broker_heartbeat_timeout_ms} (in seconds)"
             )
+        if self.output_prefix.strip("/").split("/")[0] == "tmp":
+            # Chunk pieces live under tmp/ and deploy/s3-lifecycle.json expires that prefix after a day:
+            # outputs stored there would silently expire too.
+            raise ConfigError(
+                f"setting RENDER_OUTPUT_PREFIX={self.output_prefix!r} must not start with 'tmp' (reserved for chunk"
+                " pieces, which expire)"
+            )
 
     @property
     def source_bucket_list(self) -> tuple[str, ...]:
