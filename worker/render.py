@@ -234,6 +234,25 @@ def command_for(plan: Plan, preset: Preset, graph_file: str, output_file: str) -
     )
 
 
+def _result(plan: Plan, preset: Preset, out_path: Path, started: float, fallback: str | None) -> RenderResult:
+    """What a finished render (whole or chunked) reports about the file now at ``out_path``."""
+    return RenderResult(
+        path=str(out_path),
+        format=plan.spec.format,
+        encoder=preset.encoder,
+        video_codec=preset.video_codec,
+        audio_codec=preset.audio_codec,
+        duration_s=plan.timeline.duration,
+        source_duration_s=plan.info.duration,
+        size_bytes=out_path.stat().st_size,
+        width=plan.encode.width,
+        height=plan.encode.height,
+        pieces=len(plan.timeline.pieces),
+        wall_s=time.monotonic() - started,
+        nvenc_fallback=fallback,
+    )
+
+
 def render(
     source: str | os.PathLike[str],
     segments: list[Segment] | None,
@@ -286,21 +305,7 @@ def render(
         variant, fallback = encode_with_fallback(order, attempt)
     preset = load_preset(spec.format, variant)
 
-    return RenderResult(
-        path=str(out_path),
-        format=spec.format,
-        encoder=preset.encoder,
-        video_codec=preset.video_codec,
-        audio_codec=preset.audio_codec,
-        duration_s=plan.timeline.duration,
-        source_duration_s=plan.info.duration,
-        size_bytes=out_path.stat().st_size,
-        width=plan.encode.width,
-        height=plan.encode.height,
-        pieces=len(plan.timeline.pieces),
-        wall_s=time.monotonic() - started,
-        nvenc_fallback=fallback,
-    )
+    return _result(plan, preset, out_path, started, fallback)
 
 
 # --- Chunked renders (worker/chunks.py) ---------------------------------------------------------------------
@@ -647,21 +652,7 @@ def render_chunked(
         assemble(plan, cplan, names, audio, out_path, ffmpeg_bin=ffmpeg_bin, cancel=cancel, deadline=deadline)
     if on_progress is not None:
         on_progress(1.0)
-    return RenderResult(
-        path=str(out_path),
-        format=spec.format,
-        encoder=preset.encoder,
-        video_codec=preset.video_codec,
-        audio_codec=preset.audio_codec,
-        duration_s=plan.timeline.duration,
-        source_duration_s=plan.info.duration,
-        size_bytes=out_path.stat().st_size,
-        width=plan.encode.width,
-        height=plan.encode.height,
-        pieces=len(plan.timeline.pieces),
-        wall_s=time.monotonic() - started,
-        nvenc_fallback=None,
-    )
+    return _result(plan, preset, out_path, started, None)
 
 
 __all__ = [
