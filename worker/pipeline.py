@@ -584,15 +584,7 @@ def _run(job: Job, deps: Deps, lease: _Lease, watch: _Watch, scratch: Scratch, r
         )
     else:
         (tmp / _RENDERED).unlink(missing_ok=True)
-        size = deps.storage.size(job.source_uri)
-        if size > settings.max_source_bytes:
-            raise SourceError(
-                f"source is {size} bytes, over the limit of {settings.max_source_bytes}",
-                code=ErrorCode.SOURCE_TOO_LARGE,
-            )
-        src = tmp / f"source{_ext_of(job.source_uri)}"
-        deps.storage.fetch(job.source_uri, src)
-        watch.raise_if_stopped()  # a download is not interruptible: check what happened meanwhile
+        src = _fetch_source(job, deps, watch, tmp)
         if deps.dispatch is not None and preset.has_video:
             count = _chunk_count(src, job, settings)
             if count > 1:
@@ -633,14 +625,7 @@ def _run_export(job: Job, deps: Deps, lease: _Lease, watch: _Watch, scratch: Scr
     settings = deps.settings
     fmt = job.output.format
     ext, content_type = EXPORT_FORMATS[fmt]
-    size = deps.storage.size(job.source_uri)
-    if size > settings.max_source_bytes:
-        raise SourceError(
-            f"source is {size} bytes, over the limit of {settings.max_source_bytes}", code=ErrorCode.SOURCE_TOO_LARGE
-        )
-    src = scratch.path / f"source{_ext_of(job.source_uri)}"
-    deps.storage.fetch(job.source_uri, src)
-    watch.raise_if_stopped()
+    src = _fetch_source(job, deps, watch, scratch.path)
     out = scratch.path / f"{job.render_id}.{ext}"
     done = export_file(
         str(src),
@@ -882,14 +867,7 @@ def process_part(
 
 def _fetch_and_plan(job: Job, deps: Deps, watch: _Watch, scratch: Scratch, count: int) -> tuple[Any, Any]:
     settings = deps.settings
-    size = deps.storage.size(job.source_uri)
-    if size > settings.max_source_bytes:
-        raise SourceError(
-            f"source is {size} bytes, over the limit of {settings.max_source_bytes}", code=ErrorCode.SOURCE_TOO_LARGE
-        )
-    src = scratch.path / f"source{_ext_of(job.source_uri)}"
-    deps.storage.fetch(job.source_uri, src)
-    watch.raise_if_stopped()
+    src = _fetch_source(job, deps, watch, scratch.path)
     plan, cplan = _plan(src, job, settings)
     if len(cplan.chunks) != count:  # workers with different RENDER_CHUNK_* settings: a deployment error
         raise RenderError(f"this worker plans {len(cplan.chunks)} chunks, the render was sent as {count}")
@@ -995,3 +973,19 @@ def download_url(storage: Storage, record: Mapping[str, Any], expiry_s: int) -> 
     if record.get("state") != "completed" or not key:
         return None
     return storage.presign(key, PurePosixPath(key).name, expiry_s)
+
+
+def _fetch_source(job: Job, deps: Deps, watch: _Watch, into: Path) -> Path:
+    """Download the job's source into ``into`` after checking its size; returns the local path.
+
+    Whole renders, chunks and exports all start here. A download is not
+    interruptible, so a cancel or shutdown that came meanwhile is checked at its end.
+    """
+    limit = deps.settings.max_source_bytes
+    size = deps.storage.size(job.source_uri)
+    if size > limit:
+        raise SourceError(f"source is {size} bytes, over the limit of {limit}", code=ErrorCode.SOURCE_TOO_LARGE)
+    src = into / f"source{_ext_of(job.source_uri)}"
+    deps.storage.fetch(job.source_uri, src)
+    watch.raise_if_stopped()
+    return src
