@@ -30,6 +30,7 @@ import logging
 import os
 import re
 import sys
+import tempfile
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -46,6 +47,7 @@ from worker.errors import Cancelled, RenderError
 from worker.jobs import Webhook
 from worker.records import RedisRecordStore
 from worker.settings import Settings, load
+from worker.source_cache import SourceCache
 from worker.storage.s3 import S3Storage
 
 log = logging.getLogger(__name__)
@@ -286,6 +288,8 @@ def _deps() -> pipeline.Deps:
         send_event=enqueue_event,
         observer=telemetry.PipelineObserver(),
         dispatch=_dispatch_part,
+        # Per process, as the fork made it: each process downloads a chunked render's source once.
+        sources=SourceCache(Path(settings.work_dir or tempfile.gettempdir())),
     )
 
 

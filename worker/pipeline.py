@@ -55,13 +55,23 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from worker.errors import Cancelled, CancelRequested, ErrorCode, InvalidJob, RenderError, SourceError, redact
+from worker.errors import (
+    Cancelled,
+    CancelRequested,
+    ErrorCode,
+    InvalidJob,
+    RenderError,
+    RenderTimeout,
+    SourceError,
+    redact,
+)
 from worker.jobs import Job, Webhook, asset_id_of, is_id, parse_job, render_id_of, webhook_of
 from worker.output import OUTPUT_FORMATS, OutputSpec
 from worker.presets import load_preset
 from worker.records import RecordStore
 from worker.render import RenderResult, render
 from worker.settings import Settings
+from worker.source_cache import SourceCache
 from worker.storage.base import Storage, output_key
 
 log = logging.getLogger(__name__)
@@ -133,6 +143,8 @@ class Deps:
     #: Sends a part of a chunked render as a message of its own (``"chunk"`` or ``"assembly"``, body); None
     #: (render-cli, unit tests) renders everything whole on this worker.
     dispatch: Callable[[str, dict[str, Any]], None] | None = None
+    #: The source kept between the parts of a chunked render on this process; None downloads it every time.
+    sources: SourceCache | None = None
 
 
 def _defaults_from_raw(raw: Any) -> dict[str, Any]:
@@ -573,6 +585,8 @@ def _run(job: Job, deps: Deps, lease: _Lease, watch: _Watch, scratch: Scratch, r
         return _run_export(job, deps, lease, watch, scratch)
     settings = deps.settings
     deadline = time.monotonic() + settings.time_limit_s
+    # The same instant on the wall clock, for the chunks of a chunked render: other workers, other clocks.
+    wall_deadline = time.time() + settings.time_limit_s
     preset = load_preset(job.output.format)
     tmp = scratch.path
     out = tmp / f"{job.render_id}.{preset.extension}"
@@ -584,23 +598,30 @@ def _run(job: Job, deps: Deps, lease: _Lease, watch: _Watch, scratch: Scratch, r
         )
     else:
         (tmp / _RENDERED).unlink(missing_ok=True)
-        src = _fetch_source(job, deps, watch, tmp)
-        if deps.dispatch is not None and preset.has_video:
-            count = _chunk_count(src, job, settings)
-            if count > 1:
-                _dispatch_chunks(deps, raw, count, lease.token)
-                raise _Dispatched(job.render_id)
-        result = deps.renderer(
-            src,
-            job.segments,
-            job.output,
-            out,
-            settings=settings,
-            on_progress=lease.on_progress,
-            cancel=watch.stop,
-            deadline=deadline,
-        )
-        src.unlink(missing_ok=True)  # not needed again: a retry uploads the output
+        chunkable = deps.dispatch is not None and preset.has_video
+        with contextlib.ExitStack() as keep:
+            # A render that may be chunked keeps its source in the worker's cache: this worker is likely to
+            # take some of the chunks, which then need no download.
+            src, version = _fetch_source(job, deps, watch, tmp, keep=keep if chunkable else None)
+            if chunkable:
+                count = _chunk_count(src, job, settings)
+                if count > 1:
+                    _dispatch_chunks(deps, raw, count, lease.token, wall_deadline, version)
+                    raise _Dispatched(job.render_id)
+            result = deps.renderer(
+                src,
+                job.segments,
+                job.output,
+                out,
+                settings=settings,
+                on_progress=lease.on_progress,
+                cancel=watch.stop,
+                deadline=deadline,
+            )
+        # Not needed again (a retry uploads the output): the disk is the output's during the upload.
+        src.unlink(missing_ok=True)
+        if deps.sources is not None:
+            deps.sources.forget(job.source_uri)
         (tmp / _RENDERED).write_text(json.dumps({"fingerprint": fingerprint, "result": result.to_dict()}))
     # Asked now rather than at the next poll: a cancel that landed during the last half second uploads nothing.
     watch.raise_if_stopped()
@@ -625,7 +646,7 @@ def _run_export(job: Job, deps: Deps, lease: _Lease, watch: _Watch, scratch: Scr
     settings = deps.settings
     fmt = job.output.format
     ext, content_type = EXPORT_FORMATS[fmt]
-    src = _fetch_source(job, deps, watch, scratch.path)
+    src, _ = _fetch_source(job, deps, watch, scratch.path)
     out = scratch.path / f"{job.render_id}.{ext}"
     done = export_file(
         str(src),
@@ -721,11 +742,38 @@ def _chunk_count(src: Path, job: Job, settings: Settings) -> int:
     return len(_plan(src, job, settings)[1].chunks)
 
 
-def _dispatch_chunks(deps: Deps, raw: Any, count: int, token: str) -> None:
+def _dispatch_chunks(deps: Deps, raw: Any, count: int, token: str, deadline: float, version: str) -> None:
     assert deps.dispatch is not None
     log.info("render %s: %d chunks on the queue", render_id_of(raw), count)
     for index in range(count):
-        deps.dispatch("chunk", {"job": raw, "index": index, "count": count, "token": token})
+        body = {
+            "job": raw,
+            "index": index,
+            "count": count,
+            "token": token,
+            "deadline": round(deadline, 3),
+            # Every part renders from these very bytes: an object overwritten mid-render fails it instead
+            # of joining chunks of two different recordings.
+            "source_version": version,
+        }
+        deps.dispatch("chunk", body)
+
+
+def _part_deadline(body: Mapping[str, Any], settings: Settings) -> float:
+    """The monotonic instant this part of a chunked render must be done by.
+
+    RENDER_TIME_LIMIT_S bounds the render as a whole, as it bounds a whole render: the coordinator's
+    message carries the wall-clock instant it started plus the limit, and every chunk and the assembly
+    stop there, however many chunks ran before them or how long they waited on the queue. Without it a
+    render of K chunks could run K times the limit. A part is never given more than the limit itself.
+    """
+    limit = settings.time_limit_s
+    wall = body.get("deadline")
+    if isinstance(wall, int | float) and not isinstance(wall, bool):  # absent in messages from older workers
+        limit = min(limit, wall - time.time())
+    if limit <= 0:
+        raise RenderTimeout("the render ran past its time limit")
+    return time.monotonic() + limit
 
 
 def _delete_pieces(deps: Deps, render_id: str, count: int) -> None:
@@ -819,7 +867,7 @@ def process_part(
     if index is not None and deps.storage.exists(piece_key(settings, render_id, int(index))):
         # Stored already (a duplicate delivery, or a redelivery after a crash between the upload and the ack):
         # nothing to render; the barrier is passed again, in case the crash came before it.
-        _chunk_stored(deps, body["job"], render_id, int(index), count, record_token)
+        _chunk_stored(deps, body, render_id, int(index), count)
         return Outcome.DUPLICATE
     token = uuid.uuid4().hex
     if not deps.records.part_lease(render_id, part, token, settings.lease_ttl_s):
@@ -835,9 +883,10 @@ def process_part(
             _PartLease(deps, render_id, part, token, record_token, watch.stop) as lease,
         ):
             try:
+                deadline = _part_deadline(body, settings)
                 if index is None:
-                    return _assemble_part(job, deps, count, record_token, lease, watch, scratch)
-                _chunk_part(job, body["job"], deps, int(index), count, lease, watch, scratch)
+                    return _assemble_part(job, body, deps, record_token, lease, watch, scratch, deadline)
+                _chunk_part(job, body, deps, int(index), count, lease, watch, scratch, deadline)
             except Exception as exc:
                 if lease.stalled.is_set():
                     raise ChunkStalled(f"render {render_id}: {part} made no progress") from exc
@@ -865,9 +914,23 @@ def process_part(
     return Outcome.STORED
 
 
-def _fetch_and_plan(job: Job, deps: Deps, watch: _Watch, scratch: Scratch, count: int) -> tuple[Any, Any]:
+def _fetch_and_plan(
+    job: Job,
+    body: Mapping[str, Any],
+    deps: Deps,
+    watch: _Watch,
+    scratch: Scratch,
+    deadline: float,
+    keep: contextlib.ExitStack,
+) -> tuple[Any, Any]:
     settings = deps.settings
-    src = _fetch_source(job, deps, watch, scratch.path)
+    count = int(body["count"])
+    pinned = body.get("source_version")
+    src, _ = _fetch_source(
+        job, deps, watch, scratch.path, keep=keep, pinned=pinned if isinstance(pinned, str) else None
+    )
+    if time.monotonic() > deadline:  # a download is not interruptible: the limit is checked at its end
+        raise RenderTimeout("the render ran past its time limit")
     plan, cplan = _plan(src, job, settings)
     if len(cplan.chunks) != count:  # workers with different RENDER_CHUNK_* settings: a deployment error
         raise RenderError(f"this worker plans {len(cplan.chunks)} chunks, the render was sent as {count}")
@@ -875,27 +938,36 @@ def _fetch_and_plan(job: Job, deps: Deps, watch: _Watch, scratch: Scratch, count
 
 
 def _chunk_part(
-    job: Job, raw: Any, deps: Deps, index: int, count: int, lease: _PartLease, watch: _Watch, scratch: Scratch
+    job: Job,
+    body: Mapping[str, Any],
+    deps: Deps,
+    index: int,
+    count: int,
+    lease: _PartLease,
+    watch: _Watch,
+    scratch: Scratch,
+    deadline: float,
 ) -> None:
     from worker.chunks import piece_name
     from worker.render import render_chunk
 
     settings = deps.settings
-    plan, cplan = _fetch_and_plan(job, deps, watch, scratch, count)
-    lease.index, lease.total = index, cplan.total
-    frames = cplan.chunks[index].frames
-    piece = scratch.path / piece_name(index)
-    log.info("render %s: rendering chunk %d of %d", job.render_id, index, count)
-    render_chunk(
-        plan,
-        cplan,
-        index,
-        piece,
-        ffmpeg_bin=settings.ffmpeg_path or None,
-        on_progress=lambda ratio: lease.on_progress(ratio, frames),
-        cancel=watch.stop,
-        deadline=time.monotonic() + settings.time_limit_s,
-    )
+    with contextlib.ExitStack() as keep:
+        plan, cplan = _fetch_and_plan(job, body, deps, watch, scratch, deadline, keep)
+        lease.index, lease.total = index, cplan.total
+        frames = cplan.chunks[index].frames
+        piece = scratch.path / piece_name(index)
+        log.info("render %s: rendering chunk %d of %d", job.render_id, index, count)
+        render_chunk(
+            plan,
+            cplan,
+            index,
+            piece,
+            ffmpeg_bin=settings.ffmpeg_path or None,
+            on_progress=lambda ratio: lease.on_progress(ratio, frames),
+            cancel=watch.stop,
+            deadline=deadline,
+        )
     watch.raise_if_stopped()
     if lease.lost.is_set():
         raise LeaseBusy(f"lost the lease on chunk {index} of {job.render_id} while rendering")
@@ -908,28 +980,42 @@ def _chunk_part(
     lease.frames = frames
     deps.records.chunk_progress(job.render_id, index, frames)
     log.info("render %s: chunk %d of %d stored", job.render_id, index, count)
-    _chunk_stored(deps, raw, job.render_id, index, count, lease.record_token)
+    _chunk_stored(deps, body, job.render_id, index, count)
 
 
-def _chunk_stored(deps: Deps, raw: Any, render_id: str, index: int, count: int, record_token: str) -> None:
+def _chunk_stored(deps: Deps, body: Mapping[str, Any], render_id: str, index: int, count: int) -> None:
     """The barrier: the delivery that finds every chunk stored sends the assembly (a duplicate is harmless)."""
     if deps.records.chunk_stored(render_id, index) >= count:
         assert deps.dispatch is not None
-        deps.dispatch("assembly", {"job": raw, "count": count, "token": record_token})
+        # The assembly carries the chunk's message on, but for its index: the job, token and render deadline.
+        deps.dispatch("assembly", {k: v for k, v in body.items() if k != "index"})
 
 
 def _assemble_part(
-    job: Job, deps: Deps, count: int, record_token: str, lease: _PartLease, watch: _Watch, scratch: Scratch
+    job: Job,
+    body: Mapping[str, Any],
+    deps: Deps,
+    record_token: str,
+    lease: _PartLease,
+    watch: _Watch,
+    scratch: Scratch,
+    deadline: float,
 ) -> Outcome:
     from worker.chunks import piece_name
     from worker.render import assemble, render_audio
 
     settings = deps.settings
     started = time.monotonic()
-    deadline = started + settings.time_limit_s
     ffmpeg_bin = settings.ffmpeg_path or None
-    plan, cplan = _fetch_and_plan(job, deps, watch, scratch, count)
-    audio = render_audio(plan, scratch.path / "audio.m4a", ffmpeg_bin=ffmpeg_bin, cancel=watch.stop, deadline=deadline)
+    count = int(body["count"])
+    with contextlib.ExitStack() as keep:
+        plan, cplan = _fetch_and_plan(job, body, deps, watch, scratch, deadline, keep)
+        audio = render_audio(
+            plan, scratch.path / "audio.m4a", ffmpeg_bin=ffmpeg_bin, cancel=watch.stop, deadline=deadline
+        )
+    # The source's last use in this render: the room goes to the pieces and the joined output, which are
+    # about an output's size each, so the assembly needs no more disk than a whole render.
+    _drop_source(job, deps, scratch.path)
     pieces = [scratch.path / "pieces" / piece_name(k) for k in range(count)]
     for k, piece in enumerate(pieces):
         deps.storage.download(piece_key(settings, job.render_id, k), piece)
@@ -975,17 +1061,58 @@ def download_url(storage: Storage, record: Mapping[str, Any], expiry_s: int) -> 
     return storage.presign(key, PurePosixPath(key).name, expiry_s)
 
 
-def _fetch_source(job: Job, deps: Deps, watch: _Watch, into: Path) -> Path:
-    """Download the job's source into ``into`` after checking its size; returns the local path.
+def _fetch_source(
+    job: Job,
+    deps: Deps,
+    watch: _Watch,
+    into: Path,
+    *,
+    keep: contextlib.ExitStack | None = None,
+    pinned: str | None = None,
+) -> tuple[Path, str]:
+    """The job's source on local disk, after checking its size; returns its path and version.
 
-    Whole renders, chunks and exports all start here. A download is not
+    Whole renders, chunks and exports all start here. With ``keep`` (the parts of a chunked render, and a
+    render that may become one), the source comes from this process's :class:`SourceCache`, downloaded
+    there if missing, and stays in use until ``keep`` closes; otherwise it is downloaded into ``into``
+    (after the cache's idle source is deleted, to keep the disk one source's). ``pinned`` is the version the
+    render's first worker read: a chunk or assembly that finds another fails the render. A download is not
     interruptible, so a cancel or shutdown that came meanwhile is checked at its end.
     """
-    limit = deps.settings.max_source_bytes
-    size = deps.storage.size(job.source_uri)
-    if size > limit:
-        raise SourceError(f"source is {size} bytes, over the limit of {limit}", code=ErrorCode.SOURCE_TOO_LARGE)
-    src = into / f"source{_ext_of(job.source_uri)}"
-    deps.storage.fetch(job.source_uri, src)
+    uri, limit = job.source_uri, deps.settings.max_source_bytes
+    stat = deps.storage.stat(uri)
+    if stat.size > limit:
+        raise SourceError(f"source is {stat.size} bytes, over the limit of {limit}", code=ErrorCode.SOURCE_TOO_LARGE)
+    if pinned is not None and stat.version != pinned:
+        raise SourceError(
+            "the source object was replaced while the render ran; render it again",
+            code=ErrorCode.SOURCE_UNREADABLE,
+        )
+
+    def download(dest: Path) -> None:
+        deps.storage.fetch(uri, dest)
+        log.info("render %s: source downloaded (%d bytes)", job.render_id, stat.size)
+        if pinned is not None and deps.storage.stat(uri).version != pinned:
+            # Replaced during the download: the parts (ranged GETs) may mix two objects. The next attempt
+            # sees the new version and fails the render as above.
+            dest.unlink(missing_ok=True)
+            raise SourceError("the source object was replaced during its download", transient=True)
+
+    src: Path | None = None
+    cache = deps.sources
+    if cache is not None and keep is not None:
+        src = keep.enter_context(cache.use(uri, stat.version, _ext_of(uri), download))
+    elif cache is not None:
+        cache.drop_idle()
+    if src is None:  # no cache, or its one entry is in use by another source
+        src = into / f"source{_ext_of(uri)}"
+        download(src)
     watch.raise_if_stopped()
-    return src
+    return src, stat.version
+
+
+def _drop_source(job: Job, deps: Deps, scratch: Path) -> None:
+    """Free the disk a render's source took, on this worker, once its last part here is done with it."""
+    (scratch / f"source{_ext_of(job.source_uri)}").unlink(missing_ok=True)
+    if deps.sources is not None:
+        deps.sources.forget(job.source_uri)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from worker.storage.base import (
+    SourceStat,
     SourceURI,
     Storage,
     content_disposition,
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MemoryStorage",
     "S3Storage",
+    "SourceStat",
     "SourceURI",
     "Storage",
     "content_disposition",

@@ -225,6 +225,18 @@ def with_retries(
     ) from last
 
 
+@dataclasses.dataclass(frozen=True)
+class SourceStat:
+    """What a HEAD of a source says: its size, and a version that changes whenever its bytes do.
+
+    The version is the object's ETag on S3 (``mtime_ns-size`` for a ``file://`` source, a digest in memory):
+    the parts of a chunked render check that they all read the same bytes.
+    """
+
+    size: int
+    version: str
+
+
 class Storage(abc.ABC):
     """Object storage as the pipeline sees it.
 
@@ -269,10 +281,15 @@ class Storage(abc.ABC):
 
     def size(self, uri: str) -> int:
         """Size of the source in bytes (a HEAD), so limits are enforced before downloading."""
+        return self.stat(uri).size
+
+    def stat(self, uri: str) -> SourceStat:
+        """Size and version of the source (a HEAD)."""
         src = self._source(uri)
         if src.path is not None:
-            return self._stat_file(src.path)
-        return self._retry(f"size {src}", lambda: self._size_object(src.bucket, src.key))
+            size = self._stat_file(src.path)
+            return SourceStat(size, f"{src.path.stat().st_mtime_ns}-{size}")
+        return self._retry(f"size {src}", lambda: self._stat_object(src.bucket, src.key))
 
     def put(self, path: Path, key: str, content_type: str) -> None:
         """Upload a local file to ``key`` in the output bucket (overwriting), with its content type."""
@@ -306,7 +323,7 @@ class Storage(abc.ABC):
     def _fetch_object(self, bucket: str, key: str, dest: Path) -> int: ...
 
     @abc.abstractmethod
-    def _size_object(self, bucket: str, key: str) -> int: ...
+    def _stat_object(self, bucket: str, key: str) -> SourceStat: ...
 
     @abc.abstractmethod
     def _put_object(self, path: Path, key: str, content_type: str) -> None: ...

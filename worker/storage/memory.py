@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import threading
 import time
 import urllib.parse
@@ -29,6 +30,7 @@ from worker.storage.base import (
     DEFAULT_ATTEMPTS,
     DEFAULT_BASE_DELAY_S,
     DEFAULT_MAX_DELAY_S,
+    SourceStat,
     Storage,
     content_disposition,
     not_found,
@@ -119,13 +121,13 @@ class MemoryStorage(Storage):
         tmp.replace(dest)
         return len(obj.data)
 
-    def _size_object(self, bucket: str, key: str) -> int:
+    def _stat_object(self, bucket: str, key: str) -> SourceStat:
         self._enter("size")
         with self._lock:
             obj = self.objects.get((bucket, key))
         if obj is None:
             raise not_found(f"s3://{bucket}/{key}")
-        return len(obj.data)
+        return SourceStat(len(obj.data), hashlib.md5(obj.data, usedforsecurity=False).hexdigest())
 
     def _put_object(self, path: Path, key: str, content_type: str) -> None:
         self._enter("put")

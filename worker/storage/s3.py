@@ -37,6 +37,7 @@ from worker.storage.base import (
     DEFAULT_ATTEMPTS,
     DEFAULT_BASE_DELAY_S,
     DEFAULT_MAX_DELAY_S,
+    SourceStat,
     Storage,
     content_disposition,
     not_found,
@@ -214,13 +215,15 @@ class S3Storage(Storage):
             raise translate(exc, what, source=True) from exc
         return dest.stat().st_size
 
-    def _size_object(self, bucket: str, key: str) -> int:
+    def _stat_object(self, bucket: str, key: str) -> SourceStat:
         what = f"s3://{bucket}/{key}"
         try:
             head = self.client.head_object(Bucket=bucket, Key=key)
         except _BOTO_ERRORS as exc:
             raise translate(exc, what, source=True) from exc
-        return int(head["ContentLength"])
+        # Stores that send no ETag (none known) fall back to the size and the modification time.
+        version = str(head.get("ETag") or f"{head.get('LastModified')}-{head['ContentLength']}").strip('"')
+        return SourceStat(int(head["ContentLength"]), version)
 
     def _put_object(self, path: Path, key: str, content_type: str) -> None:
         try:

@@ -1,0 +1,303 @@
+"""The parts of a chunked render, one delivery at a time: ``pipeline.process`` and ``pipeline.process_part``.
+
+In-memory storage and records and the real renderer; the "queue" is a list the pipeline's ``dispatch``
+appends to, drained by the test in order. What Dramatiq does with these messages (two worker processes,
+kill -9, SIGTERM, a stalled chunk) is checked over real Redis and the S3 server in test_chunks_queue.py;
+here the contract is the messages themselves and RENDER_TIME_LIMIT_S over the render as a whole.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from farm import SECRET
+
+from worker.errors import RenderTimeout, StorageError
+from worker.pipeline import FAILED, Deps, Outcome, _part_deadline, process, process_part
+from worker.records import MemoryRecordStore
+from worker.settings import Settings
+from worker.source_cache import SourceCache
+from worker.storage import MemoryStorage
+
+SOURCE = "s3://media/assets/ast_1/source.mp4"
+HOOK = {"url": "http://127.0.0.1:9/hook", "secret": SECRET}
+#: 15 s of output from the 200 s cfr30 source: with chunks of 5 s (the validated minimum), three chunks.
+CUT = [{"start": 10.0, "end": 17.5}, {"start": 150.0, "end": 157.5}]
+CHUNKS = 3
+LIMIT_S = 600.0
+
+
+class Queue:
+    """What the pipeline sends: ``(kind, body)`` in order."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+
+    def __call__(self, kind: str, body: dict[str, Any]) -> None:
+        self.sent.append((kind, body))
+
+    def take(self, kind: str) -> list[dict[str, Any]]:
+        bodies = [b for k, b in self.sent if k == kind]
+        self.sent = [(k, b) for k, b in self.sent if k != kind]
+        return bodies
+
+
+class Events:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, dict[str, Any]]] = []
+
+    def __call__(self, event_type: str, render_id: str, asset_id: str, webhook: Any, extra: Any) -> None:
+        self.sent.append((event_type, render_id, dict(extra)))
+
+
+@pytest.fixture
+def queue() -> Queue:
+    return Queue()
+
+
+@pytest.fixture
+def deps(media: dict[str, Path], tmp_path: Path, queue: Queue) -> Deps:
+    storage = MemoryStorage(output_bucket="out", attempts=1, base_delay_s=0.0, max_delay_s=0.0)
+    storage.seed(SOURCE, media["cfr30"].read_bytes())
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    settings = Settings(
+        chunk_s=5,
+        chunk_min_s=10,
+        time_limit_s=LIMIT_S,
+        webhook_allow_private=True,  # HOOK is loopback; never called here (events are recorded, not sent)
+        work_dir=str(scratch),
+    )
+    return Deps(
+        settings=settings,
+        records=MemoryRecordStore(),
+        storage=storage,
+        send_event=Events(),
+        dispatch=queue,
+    )
+
+
+def job(render_id: str = "rnd_1") -> dict[str, Any]:
+    return {
+        "version": 1,
+        "render_id": render_id,
+        "asset_id": "ast_1",
+        "cut_id": "cut_1",
+        "source": {"uri": SOURCE},
+        "segments": CUT,
+        "output": {"format": "mp4", "resolution": None, "video_bitrate": None, "audio_bitrate": None},
+        "webhook": HOOK,
+    }
+
+
+def events(deps: Deps) -> list[tuple[str, str, dict[str, Any]]]:
+    assert isinstance(deps.send_event, Events)
+    return deps.send_event.sent
+
+
+def keys(deps: Deps) -> set[str]:
+    assert isinstance(deps.storage, MemoryStorage)
+    return {f"{bucket}/{key}" for bucket, key in deps.storage.objects}
+
+
+def pieces(deps: Deps) -> list[str]:
+    return sorted(k for k in keys(deps) if k.startswith("out/tmp/"))
+
+
+def test_the_coordinator_sends_every_chunk_with_the_renders_deadline(deps: Deps, queue: Queue) -> None:
+    before = time.time()
+    assert process(job(), deps, last_attempt=False) is Outcome.DISPATCHED
+    after = time.time()
+    chunks = queue.take("chunk")
+    assert [b["index"] for b in chunks] == list(range(CHUNKS)) and {b["count"] for b in chunks} == {CHUNKS}
+    # One deadline for the whole render: the coordinator's start plus the limit, the same in every chunk.
+    deadlines = {b["deadline"] for b in chunks}
+    assert len(deadlines) == 1
+    assert before + LIMIT_S - 0.01 <= deadlines.pop() <= after + LIMIT_S + 0.01
+    rec = deps.records.get("rnd_1")
+    assert rec is not None and rec["state"] == "processing"
+
+
+def test_parts_render_assemble_and_complete_in_any_order(deps: Deps, queue: Queue) -> None:
+    assert process(job(), deps, last_attempt=False) is Outcome.DISPATCHED
+    chunks = queue.take("chunk")
+    for body in reversed(chunks):  # any worker, any order
+        assert process_part(body, deps, last_attempt=False) is Outcome.STORED
+    # A duplicate delivery of a stored chunk renders nothing; it passes the barrier again.
+    assert process_part(chunks[0], deps, last_attempt=False) is Outcome.DUPLICATE
+    assemblies = queue.take("assembly")
+    assert len(assemblies) == 2  # the last chunk stored, then the duplicate: a second assembly is harmless
+    # The assembly carries the render's deadline on, and everything but the index.
+    assert all(a == {k: v for k, v in chunks[0].items() if k != "index"} for a in assemblies)
+    assert process_part(assemblies[0], deps, last_attempt=False) is Outcome.COMPLETED
+    assert process_part(assemblies[1], deps, last_attempt=False) is Outcome.DUPLICATE
+    rec = deps.records.get("rnd_1")
+    assert rec is not None and rec["state"] == "completed" and rec["progress"] == 1
+    assert pieces(deps) == []
+    assert [e[0] for e in events(deps)] == ["render.completed"]
+
+
+def test_a_chunk_taken_after_the_renders_deadline_fails_the_render_once(deps: Deps, queue: Queue) -> None:
+    """RENDER_TIME_LIMIT_S bounds the render as a whole, not each chunk: chunks that waited on the queue or
+    ran after others past the coordinator's start + the limit stop it, though each is well inside the limit."""
+    assert process(job(), deps, last_attempt=False) is Outcome.DISPATCHED
+    chunks = queue.take("chunk")
+    assert process_part(chunks[0], deps, last_attempt=False) is Outcome.STORED
+    assert len(pieces(deps)) == 1
+    late = {**chunks[1], "deadline": time.time() - 1}  # the same message, its render's time spent
+    assert process_part(late, deps, last_attempt=False) is Outcome.FAILED
+    rec = deps.records.get("rnd_1")
+    assert rec is not None and (rec["state"], rec["error_code"]) == ("failed", "timeout"), rec
+    assert pieces(deps) == []  # the stored piece went with the failure
+    # The remaining chunk finds the render failed: nothing rendered, no second event.
+    assert process_part(chunks[2], deps, last_attempt=False) is Outcome.DUPLICATE
+    assert queue.take("assembly") == []
+    assert [(e[0], e[2].get("error_code")) for e in events(deps)] == [(FAILED, "timeout")]
+
+
+def test_an_assembly_after_the_deadline_fails_and_deletes_the_pieces(deps: Deps, queue: Queue) -> None:
+    assert process(job(), deps, last_attempt=False) is Outcome.DISPATCHED
+    for body in queue.take("chunk"):
+        assert process_part(body, deps, last_attempt=False) is Outcome.STORED
+    (assembly,) = queue.take("assembly")
+    assert len(pieces(deps)) == CHUNKS
+    assert process_part({**assembly, "deadline": time.time() - 1}, deps, last_attempt=False) is Outcome.FAILED
+    rec = deps.records.get("rnd_1")
+    assert rec is not None and (rec["state"], rec["error_code"]) == ("failed", "timeout"), rec
+    assert keys(deps) == {"media/assets/ast_1/source.mp4"}  # no piece, no output
+    assert [e[0] for e in events(deps)] == [FAILED]
+
+
+def test_a_part_is_never_given_more_than_the_limit() -> None:
+    """A deadline far off (a wrong clock, a forged message) still leaves each part only RENDER_TIME_LIMIT_S,
+    and a message without one (sent by an older worker) gets exactly that."""
+    settings = Settings(time_limit_s=LIMIT_S)
+    for body in ({"deadline": time.time() + 86400}, {}, {"deadline": True}, {"deadline": "soon"}):
+        left = _part_deadline(body, settings) - time.monotonic()
+        assert LIMIT_S - 1 < left <= LIMIT_S, (body, left)
+    left = _part_deadline({"deadline": time.time() + 30}, settings) - time.monotonic()
+    assert 29 < left <= 30
+    with pytest.raises(RenderTimeout):
+        _part_deadline({"deadline": time.time() - 0.001}, settings)
+
+
+# -- the source cache: one download per worker process and render ----------------------------------------------
+
+
+@pytest.fixture
+def cached(deps: Deps, tmp_path: Path) -> SourceCache:
+    deps.sources = SourceCache(tmp_path / "work")
+    return deps.sources
+
+
+def cache_files(cache: SourceCache) -> list[Path]:
+    return sorted(cache.dir.iterdir()) if cache.dir.exists() else []
+
+
+def test_one_worker_downloads_the_source_once_for_all_its_parts(deps: Deps, queue: Queue, cached: SourceCache) -> None:
+    assert process(job(), deps, last_attempt=False) is Outcome.DISPATCHED
+    assert cached.downloads == 1 and len(cache_files(cached)) == 1  # kept for the chunks this worker takes
+    for body in queue.take("chunk"):
+        assert process_part(body, deps, last_attempt=False) is Outcome.STORED
+    (assembly,) = queue.take("assembly")
+    assert process_part(assembly, deps, last_attempt=False) is Outcome.COMPLETED
+    # The coordinator's download served the three chunks and the assembly.
+    assert (cached.downloads, cached.hits) == (1, CHUNKS + 1)
+    assert cache_files(cached) == []  # the assembly freed the disk once the audio was rendered
+    rec = deps.records.get("rnd_1")
+    assert rec is not None and rec["state"] == "completed"
+
+
+def test_a_source_replaced_mid_render_fails_it_instead_of_mixing_recordings(
+    deps: Deps, queue: Queue, cached: SourceCache, media: dict[str, Path]
+) -> None:
+    assert process(job(), deps, last_attempt=False) is Outcome.DISPATCHED
+    chunks = queue.take("chunk")
+    assert {b["source_version"] for b in chunks} == {deps.storage.stat(SOURCE).version}
+    assert process_part(chunks[0], deps, last_attempt=False) is Outcome.STORED
+    assert isinstance(deps.storage, MemoryStorage)
+    deps.storage.seed(SOURCE, media["cfr30"].read_bytes() + b"\0")  # the same URI, other bytes
+    assert process_part(chunks[1], deps, last_attempt=False) is Outcome.FAILED
+    rec = deps.records.get("rnd_1")
+    assert rec is not None and (rec["state"], rec["error_code"]) == ("failed", "source_unreadable"), rec
+    assert "replaced" in rec["error_message"]
+    assert pieces(deps) == []
+    assert [e[0] for e in events(deps)] == [FAILED]
+
+
+def test_a_whole_render_leaves_nothing_in_the_cache(deps: Deps, cached: SourceCache) -> None:
+    short = {**job(), "segments": [{"start": 10.0, "end": 14.0}]}  # under RENDER_CHUNK_MIN_S: rendered whole
+    assert process(short, deps, last_attempt=False) is Outcome.COMPLETED
+    assert cached.downloads == 1 and cache_files(cached) == []
+
+
+def test_the_cache_holds_one_source_and_shares_it_between_threads(tmp_path: Path) -> None:
+    cache = SourceCache(tmp_path)
+    calls: list[str] = []
+    gate = threading.Event()
+
+    def slow_download(dest: Path) -> None:
+        calls.append(dest.name)
+        gate.wait(5)
+        dest.write_bytes(b"A")
+
+    got: list[Path | None] = []
+
+    def user() -> None:
+        with cache.use("s3://b/a.mp4", "v1", ".mp4", slow_download) as path:
+            got.append(path)
+
+    threads = [threading.Thread(target=user) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    gate.set()
+    for t in threads:
+        t.join(5)
+    assert len(calls) == 1 and len(got) == 2 and got[0] == got[1] is not None  # one download, both served
+    assert got[0] is not None and got[0].read_bytes() == b"A"
+    # In use, the entry is never dropped; another source then goes to the caller's own scratch (None).
+    with cache.use("s3://b/a.mp4", "v1", ".mp4", slow_download) as path:
+        cache.drop_idle()
+        assert path is not None and path.exists()
+        with cache.use("s3://b/other.mp4", "v1", ".mp4", slow_download) as other:
+            assert other is None
+    # A new version of the same URI is downloaded again, and replaces the old file.
+    with cache.use("s3://b/a.mp4", "v2", ".mp4", lambda d: d.write_bytes(b"B")) as path:
+        assert path is not None and path.read_bytes() == b"B"
+    assert [p.read_bytes() for p in cache_files(cache)] == [b"B"]
+    cache.drop_idle()
+    assert cache_files(cache) == []
+
+
+def test_a_failed_download_leaves_nothing_cached(tmp_path: Path) -> None:
+    cache = SourceCache(tmp_path)
+
+    def broken(dest: Path) -> None:
+        dest.write_bytes(b"half")
+        raise StorageError("connection reset")
+
+    with pytest.raises(StorageError), cache.use("s3://b/a.mp4", "v1", ".mp4", broken):
+        pass
+    assert cache_files(cache) == []
+    with cache.use("s3://b/a.mp4", "v1", ".mp4", lambda d: d.write_bytes(b"A")) as path:
+        assert path is not None and path.read_bytes() == b"A"
+    assert (cache.downloads, cache.hits) == (1, 0)
+
+
+def test_caches_of_dead_processes_are_removed(tmp_path: Path) -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # its pid names no process now
+    stale = tmp_path / f"sources-{gone.pid}"
+    stale.mkdir()
+    (stale / "x.mp4").write_bytes(b"old")
+    live = tmp_path / f"sources-{os.getppid()}"
+    live.mkdir()
+    SourceCache(tmp_path)
+    assert not stale.exists() and live.exists()
