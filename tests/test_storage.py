@@ -301,6 +301,27 @@ def test_fetch_seeded_source(backend: Backend, tmp_path: Path) -> None:
     assert (tmp_path / "src.mov").read_bytes() == b"\x00\x01source bytes"
 
 
+def test_stat_version_changes_with_the_bytes_and_only_then(backend: Backend, tmp_path: Path) -> None:
+    # The parts of a chunked render compare versions to be sure they all read the same recording.
+    uri = backend.seed("assets/ast_v/source.mp4", b"take one")
+    first = backend.storage.stat(uri)
+    assert first.size == 8 and first.version
+    assert backend.storage.stat(uri) == first  # stable while the object is
+    backend.seed("assets/ast_v/source.mp4", b"take two")  # same size, other bytes
+    second = backend.storage.stat(uri)
+    assert second.size == 8 and second.version != first.version
+
+
+def test_stat_version_of_a_local_source_follows_its_modification(tmp_path: Path) -> None:
+    storage = MemoryStorage(output_bucket="out", allow_file_uris=True)
+    local = tmp_path / "local.mp4"
+    local.write_bytes(b"abc")
+    first = storage.stat(local.as_uri())
+    assert first.size == 3 and storage.stat(local.as_uri()) == first
+    os.utime(local, ns=(1, 2))
+    assert storage.stat(local.as_uri()).version != first.version
+
+
 def test_missing_source_is_permanent_and_not_retried(backend: Backend, tmp_path: Path) -> None:
     for uri in (f"s3://{backend.source_bucket}/nope.mp4", "s3://no-such-bucket-here/nope.mp4"):
         for call in (lambda u=uri: backend.storage.fetch(u, tmp_path / "x"), lambda u=uri: backend.storage.size(u)):
