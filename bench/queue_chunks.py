@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # farm.py and services.py are top-level modules there, as under pytest
 
-from farm import BIN, Farm, WorkerProcess, ts  # noqa: E402
+from farm import BIN, Farm, WorkerProcess, processes, ts  # noqa: E402
 from services import RedisServer, S3Server  # noqa: E402
 
 from bench.chunks import cut_plan, make_source  # noqa: E402
@@ -67,21 +67,11 @@ TICK = os.sysconf("SC_CLK_TCK")
 def _stat_table() -> dict[int, tuple[int, float]]:
     """pid → (ppid, own CPU + CPU of its reaped children, in seconds) of every process, zombies included.
 
-    tests/farm.py's reader skips zombies; here an ffmpeg that has exited but is not reaped yet still holds CPU
-    time that no parent's cutime/cstime has taken over, so it must be counted.
+    Zombies count: an ffmpeg that has exited but is not reaped yet still holds CPU time that no parent's
+    cutime/cstime has taken over.
     """
-    out: dict[int, tuple[int, float]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue  # exited while we looked
-        # Fields after "(comm)" (comm may hold spaces): state ppid pgrp ... utime=11 stime=12 cutime=13 cstime=14.
-        f = stat.rsplit(")", 1)[1].split()
-        out[int(entry.name)] = (int(f[1]), sum(int(x) for x in f[11:15]) / TICK)
-    return out
+    # Fields after "(comm)": state ppid pgrp ... utime=11 stime=12 cutime=13 cstime=14.
+    return {pid: (int(f[1]), sum(int(x) for x in f[11:15]) / TICK) for pid, _, f in processes(zombies=True)}
 
 
 def tree_cpu(roots: list[int]) -> float:

@@ -79,8 +79,8 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str, interval
         time.sleep(interval_s)
 
 
-def _processes() -> Iterator[tuple[int, str, list[str]]]:
-    """(pid, comm, fields after comm) of every live process, read from /proc; zombies excluded.
+def processes(zombies: bool = False) -> Iterator[tuple[int, str, list[str]]]:
+    """(pid, comm, fields after comm) of every process, read from /proc; zombies only if asked for.
 
     ``/proc/<pid>/stat`` is ``pid (comm) state ppid pgrp ...``; comm may hold
     spaces, so the fields are split after the last ')'.
@@ -93,18 +93,18 @@ def _processes() -> Iterator[tuple[int, str, list[str]]]:
         except OSError:
             continue
         fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] != "Z":
+        if zombies or fields[0] != "Z":
             yield int(entry.name), stat[stat.index("(") + 1 : stat.rindex(")")], fields
 
 
 def pids_in_group(pgid: int) -> list[int]:
     """Live processes whose process group is ``pgid``."""
-    return [pid for pid, _, fields in _processes() if int(fields[2]) == pgid]
+    return [pid for pid, _, fields in processes() if int(fields[2]) == pgid]
 
 
 def ffmpeg_children(pid: int) -> list[int]:
     """Live ffmpeg processes whose parent is ``pid`` (the bundled binary's name starts with 'ffmpeg')."""
-    return [child for child, comm, fields in _processes() if comm.startswith("ffmpeg") and int(fields[1]) == pid]
+    return [child for child, comm, fields in processes() if comm.startswith("ffmpeg") and int(fields[1]) == pid]
 
 
 def alive(pid: int) -> bool:
