@@ -340,17 +340,22 @@ def _render(message: Any) -> None:
         log.error("render message %s dead-lettered: %s", msg_id, err.message)
         raise
     except (pipeline.LeaseBusy, Cancelled) as err:
-        if current is None:
-            raise
-        # A lease lapses lease_ttl_s after its holder stops renewing it, so that
-        # is when a takeover can first succeed; a live holder is asked again then.
-        busy = isinstance(err, pipeline.LeaseBusy)
-        delay_ms = int(settings.lease_ttl_s * 1000) if busy else settings.retry_min_backoff_ms
-        _requeue(current, max(delay_ms, settings.retry_min_backoff_ms), err.message)
+        _put_back(current, err, settings)
         return
     # Dramatiq has no use for a return value without a result backend (and warns
     # about one on every message), so the outcome goes to the log instead.
     log.info("render message %s: %s", current.message_id if current is not None else "?", outcome.value)
+
+
+def _put_back(current: Any, err: RenderError, settings: Settings) -> None:
+    """Requeue a render or part message that found its lease busy or was stopped by a shutdown."""
+    if current is None:  # called outside a worker (a test calling the actor function): nothing to requeue
+        raise err
+    # A lease lapses lease_ttl_s after its holder stops renewing it, so that
+    # is when a takeover can first succeed; a live holder is asked again then.
+    busy = isinstance(err, pipeline.LeaseBusy)
+    delay_ms = int(settings.lease_ttl_s * 1000) if busy else settings.retry_min_backoff_ms
+    _requeue(current, max(delay_ms, settings.retry_min_backoff_ms), err.message)
 
 
 def _render_part(body: dict[str, Any]) -> None:
@@ -362,11 +367,7 @@ def _render_part(body: dict[str, Any]) -> None:
             body, _deps(), last_attempt=retries >= settings.max_retries, cancel=_shutdown_event()
         )
     except (pipeline.LeaseBusy, Cancelled) as err:
-        if current is None:
-            raise
-        busy = isinstance(err, pipeline.LeaseBusy)
-        delay_ms = int(settings.lease_ttl_s * 1000) if busy else settings.retry_min_backoff_ms
-        _requeue(current, max(delay_ms, settings.retry_min_backoff_ms), err.message)
+        _put_back(current, err, settings)
         return
     part = "assembly" if body.get("index") is None else f"chunk {body['index']}"
     log.info("render %s %s: %s (pid %d)", body["job"].get("render_id"), part, outcome.value, os.getpid())
