@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from farm import SECRET
 
+from worker import render as render_module
 from worker.errors import RenderTimeout, StorageError
 from worker.pipeline import FAILED, Deps, Outcome, _part_deadline, process, process_part
 from worker.records import MemoryRecordStore
@@ -115,32 +116,62 @@ def test_the_coordinator_sends_every_chunk_with_the_renders_deadline(deps: Deps,
     assert process(job(), deps, last_attempt=False) is Outcome.DISPATCHED
     after = time.time()
     chunks = queue.take("chunk")
+    (audio,) = queue.take("audio")
     assert [b["index"] for b in chunks] == list(range(CHUNKS)) and {b["count"] for b in chunks} == {CHUNKS}
-    # One deadline for the whole render: the coordinator's start plus the limit, the same in every chunk.
-    deadlines = {b["deadline"] for b in chunks}
+    assert audio["part"] == "audio" and "index" not in audio
+    # The barrier waits for the chunks and the audio.
+    assert {b["parts"] for b in [*chunks, audio]} == {CHUNKS + 1}
+    # One deadline for the whole render: the coordinator's start plus the limit, the same in every part.
+    deadlines = {b["deadline"] for b in [*chunks, audio]}
     assert len(deadlines) == 1
     assert before + LIMIT_S - 0.01 <= deadlines.pop() <= after + LIMIT_S + 0.01
     rec = deps.records.get("rnd_1")
     assert rec is not None and rec["state"] == "processing"
 
 
-def test_parts_render_assemble_and_complete_in_any_order(deps: Deps, queue: Queue) -> None:
+def test_parts_render_assemble_and_complete_in_any_order(
+    deps: Deps, queue: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert process(job(), deps, last_attempt=False) is Outcome.DISPATCHED
     chunks = queue.take("chunk")
-    for body in reversed(chunks):  # any worker, any order
+    (audio,) = queue.take("audio")
+    for body in [chunks[2], audio, chunks[1], chunks[0]]:  # any worker, any order
+        assert queue.take("assembly") == []  # not before every part is stored
         assert process_part(body, deps, last_attempt=False) is Outcome.STORED
+    assert sorted(pieces(deps))[0].endswith("/rnd_1/audio.m4a") and len(pieces(deps)) == CHUNKS + 1
     # A duplicate delivery of a stored chunk renders nothing; it passes the barrier again.
     assert process_part(chunks[0], deps, last_attempt=False) is Outcome.DUPLICATE
     assemblies = queue.take("assembly")
     assert len(assemblies) == 2  # the last chunk stored, then the duplicate: a second assembly is harmless
     # The assembly carries the render's deadline on, and everything but the index.
     assert all(a == {k: v for k, v in chunks[0].items() if k != "index"} for a in assemblies)
+    # The assembly is a stream copy of the stored pieces: it encodes no audio of its own.
+    monkeypatch.setattr(render_module, "render_audio", _no_audio)
     assert process_part(assemblies[0], deps, last_attempt=False) is Outcome.COMPLETED
     assert process_part(assemblies[1], deps, last_attempt=False) is Outcome.DUPLICATE
     rec = deps.records.get("rnd_1")
     assert rec is not None and rec["state"] == "completed" and rec["progress"] == 1
     assert pieces(deps) == []
     assert [e[0] for e in events(deps)] == ["render.completed"]
+
+
+def _no_audio(*args: Any, **kwargs: Any) -> Any:
+    raise AssertionError("the assembly rendered the audio")
+
+
+def test_an_assembly_sent_before_the_audio_part_existed_renders_the_audio(deps: Deps, queue: Queue) -> None:
+    """Parts sent by a worker from before the audio had a part of its own carry no ``parts``: their assembly
+    encodes the audio itself (a rolling deploy finishes the renders in flight)."""
+    assert process(job(), deps, last_attempt=False) is Outcome.DISPATCHED
+    queue.take("audio")  # an older coordinator sent none
+    for body in queue.take("chunk"):
+        old = {k: v for k, v in body.items() if k not in ("parts", "source_version", "deadline")}
+        assert process_part(old, deps, last_attempt=False) is Outcome.STORED
+    (assembly,) = queue.take("assembly")
+    assert process_part(assembly, deps, last_attempt=False) is Outcome.COMPLETED
+    rec = deps.records.get("rnd_1")
+    assert rec is not None and rec["state"] == "completed"
+    assert pieces(deps) == []
 
 
 def test_a_chunk_taken_after_the_renders_deadline_fails_the_render_once(deps: Deps, queue: Queue) -> None:
@@ -163,10 +194,10 @@ def test_a_chunk_taken_after_the_renders_deadline_fails_the_render_once(deps: De
 
 def test_an_assembly_after_the_deadline_fails_and_deletes_the_pieces(deps: Deps, queue: Queue) -> None:
     assert process(job(), deps, last_attempt=False) is Outcome.DISPATCHED
-    for body in queue.take("chunk"):
+    for body in [*queue.take("audio"), *queue.take("chunk")]:
         assert process_part(body, deps, last_attempt=False) is Outcome.STORED
     (assembly,) = queue.take("assembly")
-    assert len(pieces(deps)) == CHUNKS
+    assert len(pieces(deps)) == CHUNKS + 1
     assert process_part({**assembly, "deadline": time.time() - 1}, deps, last_attempt=False) is Outcome.FAILED
     rec = deps.records.get("rnd_1")
     assert rec is not None and (rec["state"], rec["error_code"]) == ("failed", "timeout"), rec
@@ -203,12 +234,12 @@ def cache_files(cache: SourceCache) -> list[Path]:
 def test_one_worker_downloads_the_source_once_for_all_its_parts(deps: Deps, queue: Queue, cached: SourceCache) -> None:
     assert process(job(), deps, last_attempt=False) is Outcome.DISPATCHED
     assert cached.downloads == 1 and len(cache_files(cached)) == 1  # kept for the chunks this worker takes
-    for body in queue.take("chunk"):
+    for body in [*queue.take("audio"), *queue.take("chunk")]:
         assert process_part(body, deps, last_attempt=False) is Outcome.STORED
     (assembly,) = queue.take("assembly")
     assert process_part(assembly, deps, last_attempt=False) is Outcome.COMPLETED
-    # The coordinator's download served the three chunks and the assembly.
-    assert (cached.downloads, cached.hits) == (1, CHUNKS + 1)
+    # The coordinator's download served the audio, the three chunks and the assembly.
+    assert (cached.downloads, cached.hits) == (1, CHUNKS + 2)
     assert cache_files(cached) == []  # the assembly freed the disk once the audio was rendered
     rec = deps.records.get("rnd_1")
     assert rec is not None and rec["state"] == "completed"

@@ -369,7 +369,7 @@ def _render_part(body: dict[str, Any]) -> None:
     except (pipeline.LeaseBusy, Cancelled) as err:
         _put_back(current, err, settings)
         return
-    part = "assembly" if body.get("index") is None else f"chunk {body['index']}"
+    part = body.get("part") or ("assembly" if body.get("index") is None else f"chunk {body['index']}")
     log.info("render %s %s: %s (pid %d)", body["job"].get("render_id"), part, outcome.value, os.getpid())
 
 

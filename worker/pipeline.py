@@ -685,14 +685,15 @@ def _run_export(job: Job, deps: Deps, lease: _Lease, watch: _Watch, scratch: Scr
 # --- Chunked renders through the queue (DESIGN, "Chunked renders"; README, "Through the queue") -------------
 #
 # A video render whose output is longer than RENDER_CHUNK_MIN_S is planned by the worker that takes its
-# message (the *coordinator*), which sends one ``chunk`` message per chunk and acknowledges its own. Any
-# worker takes a chunk: it fetches the source, plans the render exactly as the coordinator did (the plan is
-# a pure function of the probe and the settings; a count that differs is refused), encodes only its frames
-# (:func:`worker.render.render_chunk`) and stores the piece under ``tmp/<prefix>/<render_id>/``
-# (:data:`TMP_PREFIX`). The barrier is the record store's set of distinct stored chunks
-# (:meth:`RecordStore.chunk_stored`): every delivery that stores a chunk and finds the set complete sends the
-# ``assembly`` message, which renders the audio, downloads the pieces, joins them by stream copy, uploads the
-# output, completes the record and deletes the pieces.
+# message (the *coordinator*), which sends one ``audio`` message and one ``chunk`` message per chunk and
+# acknowledges its own. Any worker takes a part: it gets the source (its process's cache, or a download),
+# plans the render exactly as the coordinator did (the plan is a pure function of the probe and the settings;
+# a count that differs is refused), encodes only its frames (:func:`worker.render.render_chunk`) or the whole
+# audio (:func:`worker.render.render_audio`) and stores the piece under ``tmp/<prefix>/<render_id>/``
+# (:data:`TMP_PREFIX`). The barrier is the record store's set of distinct stored parts
+# (:meth:`RecordStore.chunk_stored`; the audio is index ``count``): every delivery that stores a part and
+# finds the set complete sends the ``assembly`` message, which downloads the pieces, joins them by stream
+# copy, uploads the output, completes the record and deletes the pieces.
 #
 # Why not Dramatiq's ``group(...).add_completion_callback`` with its GroupCallbacks barrier: that barrier
 # counts *successful deliveries*, not distinct chunks. A chunk delivered twice (Dramatiq's redelivery of a
@@ -723,12 +724,25 @@ class ChunkStalled(RenderError):
 TMP_PREFIX = "tmp/"
 
 
+#: The render's audio, encoded whole by a part of its own, beside the video pieces.
+AUDIO_PIECE = "audio.m4a"
+
+
+def _tmp_key(settings: Settings, render_id: str, name: str) -> str:
+    parts = [TMP_PREFIX.rstrip("/"), settings.output_prefix.strip("/"), render_id, name]
+    return "/".join(p for p in parts if p)
+
+
 def piece_key(settings: Settings, render_id: str, index: int) -> str:
     """Where chunk ``index``'s piece is stored: ``tmp/<output prefix>/<render id>/chunk-NNNNN.mp4``."""
     from worker.chunks import piece_name
 
-    parts = [TMP_PREFIX.rstrip("/"), settings.output_prefix.strip("/"), render_id, piece_name(index)]
-    return "/".join(p for p in parts if p)
+    return _tmp_key(settings, render_id, piece_name(index))
+
+
+def audio_key(settings: Settings, render_id: str) -> str:
+    """Where the audio part stores the render's audio: ``tmp/<output prefix>/<render id>/audio.m4a``."""
+    return _tmp_key(settings, render_id, AUDIO_PIECE)
 
 
 def _plan(src: Path, job: Job, settings: Settings) -> tuple[Any, Any]:
@@ -744,19 +758,23 @@ def _chunk_count(src: Path, job: Job, settings: Settings) -> int:
 
 def _dispatch_chunks(deps: Deps, raw: Any, count: int, token: str, deadline: float, version: str) -> None:
     assert deps.dispatch is not None
-    log.info("render %s: %d chunks on the queue", render_id_of(raw), count)
+    log.info("render %s: %d chunks and the audio on the queue", render_id_of(raw), count)
+    common = {
+        "job": raw,
+        "count": count,
+        # The parts the barrier waits for: the chunks and the audio (stored in the set as index ``count``).
+        "parts": count + 1,
+        "token": token,
+        "deadline": round(deadline, 3),
+        # Every part renders from these very bytes: an object overwritten mid-render fails it instead
+        # of joining chunks of two different recordings.
+        "source_version": version,
+    }
+    # The audio first: an hour of it takes about a minute to encode, which then runs beside the chunks
+    # instead of inside the assembly, which is left a stream copy of seconds (BENCHMARKS.md).
+    deps.dispatch("audio", {**common, "part": "audio"})
     for index in range(count):
-        body = {
-            "job": raw,
-            "index": index,
-            "count": count,
-            "token": token,
-            "deadline": round(deadline, 3),
-            # Every part renders from these very bytes: an object overwritten mid-render fails it instead
-            # of joining chunks of two different recordings.
-            "source_version": version,
-        }
-        deps.dispatch("chunk", body)
+        deps.dispatch("chunk", {**common, "index": index})
 
 
 def _part_deadline(body: Mapping[str, Any], settings: Settings) -> float:
@@ -778,11 +796,12 @@ def _part_deadline(body: Mapping[str, Any], settings: Settings) -> float:
 
 def _delete_pieces(deps: Deps, render_id: str, count: int) -> None:
     """Delete every temporary piece of the render (missing ones are no error) and its chunk bookkeeping."""
-    for index in range(count):
+    keys = [piece_key(deps.settings, render_id, index) for index in range(count)]
+    for key in [*keys, audio_key(deps.settings, render_id)]:
         try:
-            deps.storage.delete(piece_key(deps.settings, render_id, index))
+            deps.storage.delete(key)
         except RenderError as exc:  # the lifecycle rule on the temporary prefix expires it (deploy/)
-            log.error("render %s: could not delete chunk %d's piece: %s", render_id, index, exc)
+            log.error("render %s: could not delete %s: %s", render_id, key, exc)
     with contextlib.suppress(RenderError):
         deps.records.chunks_clear(render_id)
 
@@ -800,7 +819,8 @@ class _PartLease:
         self.deps, self.render_id, self.part = deps, render_id, part
         self.token, self.record_token, self.stop_event = token, record_token, stop
         self.index: int | None = None
-        self.frames = 0  # this chunk's frames done
+        self.watched = False  # whether a stall is looked for: set once the part's ffmpeg starts
+        self.frames = 0  # this chunk's frames done (the audio part: ten-thousandths of it)
         self.total = 0  # the render's frames
         self.lost = threading.Event()
         self.stalled = threading.Event()
@@ -833,7 +853,7 @@ class _PartLease:
                     self.deps.records.progress(self.render_id, self.record_token, min(done / self.total, 0.99), ttl)
             except RenderError as exc:
                 log.warning("lease renewal for %s %s failed: %s", self.render_id, self.part, exc)
-            if self.index is None:
+            if not self.watched:
                 continue
             if self.frames != self._seen:
                 self._seen, self._moved = self.frames, time.monotonic()
@@ -846,7 +866,7 @@ class _PartLease:
 def process_part(
     body: Mapping[str, Any], deps: Deps, *, last_attempt: bool, cancel: threading.Event | None = None
 ) -> Outcome:
-    """Run one delivery of a chunked render's ``chunk`` or ``assembly`` message (built by :func:`process`)."""
+    """Run one delivery of a chunked render's chunk, audio or assembly message (built by :func:`process`)."""
     settings = deps.settings
     job = parse_job(
         body["job"],
@@ -856,18 +876,25 @@ def process_part(
     )
     index = body.get("index")
     count, record_token = int(body["count"]), str(body["token"])
-    part = "assembly" if index is None else f"chunk-{int(index)}"
     render_id = job.render_id
+    # The slot is the part's place in the barrier's set of stored parts (the audio's is ``count``).
+    slot: int | None
+    if body.get("part") == "audio":
+        part, slot, key = "audio", count, audio_key(settings, render_id)
+    elif index is None:
+        part, slot, key = "assembly", None, None
+    else:
+        part, slot, key = f"chunk-{int(index)}", int(index), piece_key(settings, render_id, int(index))
     state = deps.records.state(render_id)
     if state in ("completed", "failed", "cancelled"):
         if state != "completed":  # pieces a failed or cancelled render left (a completed one deleted its own)
             _delete_pieces(deps, render_id, count)
         _terminal_event(deps, render_id, job.webhook)
         return Outcome.CANCELLED if state == "cancelled" else Outcome.DUPLICATE
-    if index is not None and deps.storage.exists(piece_key(settings, render_id, int(index))):
+    if key is not None and slot is not None and deps.storage.exists(key):
         # Stored already (a duplicate delivery, or a redelivery after a crash between the upload and the ack):
         # nothing to render; the barrier is passed again, in case the crash came before it.
-        _chunk_stored(deps, body, render_id, int(index), count)
+        _part_stored(deps, body, render_id, slot)
         return Outcome.DUPLICATE
     token = uuid.uuid4().hex
     if not deps.records.part_lease(render_id, part, token, settings.lease_ttl_s):
@@ -884,9 +911,12 @@ def process_part(
         ):
             try:
                 deadline = _part_deadline(body, settings)
-                if index is None:
+                if slot is None:
                     return _assemble_part(job, body, deps, record_token, lease, watch, scratch, deadline)
-                _chunk_part(job, body, deps, int(index), count, lease, watch, scratch, deadline)
+                if part == "audio":
+                    _audio_part(job, body, deps, lease, watch, scratch, deadline)
+                else:
+                    _chunk_part(job, body, deps, slot, count, lease, watch, scratch, deadline)
             except Exception as exc:
                 if lease.stalled.is_set():
                     raise ChunkStalled(f"render {render_id}: {part} made no progress") from exc
@@ -954,7 +984,7 @@ def _chunk_part(
     settings = deps.settings
     with contextlib.ExitStack() as keep:
         plan, cplan = _fetch_and_plan(job, body, deps, watch, scratch, deadline, keep)
-        lease.index, lease.total = index, cplan.total
+        lease.index, lease.total, lease.watched = index, cplan.total, True
         frames = cplan.chunks[index].frames
         piece = scratch.path / piece_name(index)
         log.info("render %s: rendering chunk %d of %d", job.render_id, index, count)
@@ -968,27 +998,61 @@ def _chunk_part(
             cancel=watch.stop,
             deadline=deadline,
         )
-    watch.raise_if_stopped()
-    if lease.lost.is_set():
-        raise LeaseBusy(f"lost the lease on chunk {index} of {job.render_id} while rendering")
-    deps.storage.put(piece, piece_key(settings, job.render_id, index), "video/mp4")
-    if deps.records.state(job.render_id) in ("cancelled", "failed"):
-        # Stopped during the upload: the part that stopped it may have deleted the pieces already, before this one
-        # landed, so this piece goes now rather than waiting for the lifecycle rule.
-        deps.storage.delete(piece_key(settings, job.render_id, index))
-        raise CancelRequested(f"render {job.render_id} was stopped while chunk {index} was uploaded")
+    _store_part(deps, job, lease, watch, piece, piece_key(settings, job.render_id, index), f"chunk {index}")
     lease.frames = frames
     deps.records.chunk_progress(job.render_id, index, frames)
     log.info("render %s: chunk %d of %d stored", job.render_id, index, count)
-    _chunk_stored(deps, body, job.render_id, index, count)
+    _part_stored(deps, body, job.render_id, index)
 
 
-def _chunk_stored(deps: Deps, body: Mapping[str, Any], render_id: str, index: int, count: int) -> None:
-    """The barrier: the delivery that finds every chunk stored sends the assembly (a duplicate is harmless)."""
-    if deps.records.chunk_stored(render_id, index) >= count:
+def _audio_part(
+    job: Job, body: Mapping[str, Any], deps: Deps, lease: _PartLease, watch: _Watch, scratch: Scratch, deadline: float
+) -> None:
+    """Encode the render's whole audio (as the whole render would) and store it beside the video pieces."""
+    from worker.render import render_audio
+
+    settings = deps.settings
+    with contextlib.ExitStack() as keep:
+        plan, _ = _fetch_and_plan(job, body, deps, watch, scratch, deadline, keep)
+        lease.watched = True
+        log.info("render %s: rendering the audio", job.render_id)
+        audio = render_audio(
+            plan,
+            scratch.path / AUDIO_PIECE,
+            ffmpeg_bin=settings.ffmpeg_path or None,
+            on_progress=lambda ratio: lease.on_progress(ratio, 10_000),
+            cancel=watch.stop,
+            deadline=deadline,
+        )
+    _store_part(deps, job, lease, watch, audio, audio_key(settings, job.render_id), "the audio")
+    log.info("render %s: audio stored", job.render_id)
+    _part_stored(deps, body, job.render_id, int(body["count"]))
+
+
+def _store_part(deps: Deps, job: Job, lease: _PartLease, watch: _Watch, path: Path, key: str, what: str) -> None:
+    """Upload a part's file under the render's temporary prefix, unless the render stopped meanwhile."""
+    watch.raise_if_stopped()
+    if lease.lost.is_set():
+        raise LeaseBusy(f"lost the lease on {what} of {job.render_id} while rendering")
+    deps.storage.put(path, key, "audio/mp4" if key.endswith(".m4a") else "video/mp4")
+    if deps.records.state(job.render_id) in ("cancelled", "failed"):
+        # Stopped during the upload: the part that stopped it may have deleted the pieces already, before this one
+        # landed, so this piece goes now rather than waiting for the lifecycle rule.
+        deps.storage.delete(key)
+        raise CancelRequested(f"render {job.render_id} was stopped while {what} was uploaded")
+
+
+def _part_stored(deps: Deps, body: Mapping[str, Any], render_id: str, slot: int) -> None:
+    """The barrier: the delivery that finds every part stored sends the assembly (a duplicate is harmless).
+
+    The parts are the chunks and the audio (``parts``); a render sent by a worker from before the audio
+    had a part of its own names none, and its assembly renders the audio itself.
+    """
+    if deps.records.chunk_stored(render_id, slot) >= int(body.get("parts", body["count"])):
         assert deps.dispatch is not None
-        # The assembly carries the chunk's message on, but for its index: the job, token and render deadline.
-        deps.dispatch("assembly", {k: v for k, v in body.items() if k != "index"})
+        # The assembly carries the part's message on, but for what names the part: the job, the token, the
+        # render's deadline and its source version.
+        deps.dispatch("assembly", {k: v for k, v in body.items() if k not in ("index", "part")})
 
 
 def _assemble_part(
@@ -1008,14 +1072,19 @@ def _assemble_part(
     started = time.monotonic()
     ffmpeg_bin = settings.ffmpeg_path or None
     count = int(body["count"])
+    audio = scratch.path / AUDIO_PIECE
+    audio_part = int(body.get("parts", count)) > count
     with contextlib.ExitStack() as keep:
+        # The plan (frame count, piece durations) is the source's: probed again, from this process's cached
+        # copy when it rendered parts of this render.
         plan, cplan = _fetch_and_plan(job, body, deps, watch, scratch, deadline, keep)
-        audio = render_audio(
-            plan, scratch.path / "audio.m4a", ffmpeg_bin=ffmpeg_bin, cancel=watch.stop, deadline=deadline
-        )
+        if not audio_part:
+            render_audio(plan, audio, ffmpeg_bin=ffmpeg_bin, cancel=watch.stop, deadline=deadline)
     # The source's last use in this render: the room goes to the pieces and the joined output, which are
     # about an output's size each, so the assembly needs no more disk than a whole render.
     _drop_source(job, deps, scratch.path)
+    if audio_part:
+        deps.storage.download(audio_key(settings, job.render_id), audio)
     pieces = [scratch.path / "pieces" / piece_name(k) for k in range(count)]
     for k, piece in enumerate(pieces):
         deps.storage.download(piece_key(settings, job.render_id, k), piece)
