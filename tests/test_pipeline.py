@@ -298,6 +298,35 @@ def test_cancel_releases_the_lease_and_raises_even_on_the_last_attempt(deps: Dep
     assert sent(deps) == []
 
 
+def test_a_shutdown_stops_the_source_download_part_way(deps: Deps) -> None:
+    """SIGTERM need not wait for a large source to arrive: the download itself stops, and the render goes back
+    on the queue (Cancelled) with its lease released."""
+    assert isinstance(deps.storage, MemoryStorage)
+    deps.storage.slow_fetch(30.0)
+    shutdown = threading.Event()
+    threading.Timer(0.3, shutdown.set).start()
+    started = time.monotonic()
+    with pytest.raises(Cancelled):
+        process(job(), deps, last_attempt=True, cancel=shutdown)
+    assert time.monotonic() - started < 5  # not the 30 s the download would take
+    rec = deps.records.get("rnd_1")
+    assert rec is not None and rec["state"] == "processing"
+    assert deps.records.start("rnd_1", "next-worker", 30, {}).status == "started"
+    assert sent(deps) == [] and deps.storage.calls["put"] == 0
+
+
+def test_a_cancel_stops_the_source_download_part_way(deps: Deps) -> None:
+    assert isinstance(deps.storage, MemoryStorage)
+    deps.storage.slow_fetch(30.0)
+    threading.Timer(0.3, lambda: deps.records.cancel("rnd_1", "not this one")).start()
+    started = time.monotonic()
+    assert process(job(), deps, last_attempt=False) is Outcome.CANCELLED
+    assert time.monotonic() - started < 5  # the watch's half-second poll, not the 30 s download
+    rec = deps.records.get("rnd_1")
+    assert rec is not None and rec["state"] == "cancelled"
+    assert [e.event_type for e in sent(deps)] == ["render.cancelled"]
+
+
 def test_time_limit_fails_with_timeout_and_leaves_no_output(deps: Deps, tmp_path: Path) -> None:
     # RENDER_TIME_LIMIT_S is at least 1 s (settings refuse less), so the real
     # renderer is handed a deadline that has already passed instead.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from worker.errors import ConfigError, ErrorCode, InvalidJob, SourceError, StorageError
+from worker.errors import ConfigError, ErrorCode, InvalidJob, SourceError, StorageError, TransferStopped
 from worker.settings import Settings
 from worker.storage import MemoryStorage, S3Storage, Storage, output_key, parse_uri, safe_filename, with_retries
 from worker.storage.s3 import build_client
@@ -616,3 +617,49 @@ def test_unreachable_endpoint_is_storage_failed(s3_server: S3Server) -> None:
         storage.size("s3://bucket/key.mp4")
     assert "retries exhausted" in info.value.message
     assert isinstance(info.value.__cause__, StorageError)
+
+
+@pytest.mark.services
+def test_a_stop_ends_a_download_part_way_and_leaves_nothing(
+    proxied: tuple[Backend, FaultProxy, list[float]], tmp_path: Path
+) -> None:
+    """A cancel or shutdown does not wait for a large source to arrive (worker/pipeline.py passes its stop)."""
+    backend, proxy, _ = proxied
+    parts = 24
+    uri = backend.seed("big.mp4", os.urandom(parts * PART))
+    proxy.delay_s = 0.2  # every ranged GET stalls a little: the download takes a couple of seconds
+    stop = threading.Event()
+    dest = tmp_path / "dl" / "big.mp4"
+    outcome: dict[str, Any] = {}
+
+    def download() -> None:
+        try:
+            outcome["size"] = backend.storage.fetch(uri, dest, stop=stop)
+        except Exception as exc:  # noqa: BLE001 - handed to the test thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=download)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not any(r.method == "GET" for r in proxy.requests) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stop.set()
+    stopped_at = time.monotonic()
+    thread.join(30)
+    assert isinstance(outcome.get("error"), TransferStopped), outcome
+    assert time.monotonic() - stopped_at < 5
+    gets = [r for r in proxy.requests if r.method == "GET"]
+    assert 0 < len(gets) < parts, len(gets)  # stopped part-way: not every part was asked for
+    assert not dest.exists() and list(dest.parent.iterdir()) == []  # no partial file, no temporary
+    proxy.delay_s = 0
+    assert backend.storage.fetch(uri, dest) == parts * PART  # the storage itself is fine afterwards
+
+
+def test_a_memory_download_stopped_before_it_starts_writes_nothing(tmp_path: Path) -> None:
+    storage = MemoryStorage(output_bucket="out")
+    storage.seed("s3://media/a.mp4", b"abc")
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(TransferStopped):
+        storage.fetch("s3://media/a.mp4", tmp_path / "a.mp4", stop=stop)
+    assert not (tmp_path / "a.mp4").exists()

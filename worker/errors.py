@@ -145,6 +145,17 @@ class StorageError(RenderError):
     transient = True
 
 
+class TransferStopped(RenderError):
+    """A download stopped part-way because the render was stopped (cancel, shutdown, a stalled part).
+
+    Not a :class:`StorageError`: nothing failed, so the storage layer does not retry it; the pipeline says
+    why it stopped.
+    """
+
+    code = ErrorCode.INTERNAL_ERROR
+    transient = True
+
+
 class RenderTimeout(RenderError):
     code = ErrorCode.TIMEOUT
 

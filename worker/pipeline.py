@@ -63,6 +63,7 @@ from worker.errors import (
     RenderError,
     RenderTimeout,
     SourceError,
+    TransferStopped,
     redact,
 )
 from worker.jobs import Job, Webhook, asset_id_of, is_id, parse_job, render_id_of, webhook_of
@@ -959,7 +960,7 @@ def _fetch_and_plan(
     src, _ = _fetch_source(
         job, deps, watch, scratch.path, keep=keep, pinned=pinned if isinstance(pinned, str) else None
     )
-    if time.monotonic() > deadline:  # a download is not interruptible: the limit is checked at its end
+    if time.monotonic() > deadline:  # the deadline does not stop a download: checked at its end
         raise RenderTimeout("the render ran past its time limit")
     plan, cplan = _plan(src, job, settings)
     if len(cplan.chunks) != count:  # workers with different RENDER_CHUNK_* settings: a deployment error
@@ -1084,10 +1085,10 @@ def _assemble_part(
     # about an output's size each, so the assembly needs no more disk than a whole render.
     _drop_source(job, deps, scratch.path)
     if audio_part:
-        deps.storage.download(audio_key(settings, job.render_id), audio)
+        deps.storage.download(audio_key(settings, job.render_id), audio, stop=watch.stop)
     pieces = [scratch.path / "pieces" / piece_name(k) for k in range(count)]
     for k, piece in enumerate(pieces):
-        deps.storage.download(piece_key(settings, job.render_id, k), piece)
+        deps.storage.download(piece_key(settings, job.render_id, k), piece, stop=watch.stop)
     watch.raise_if_stopped()
     preset = load_preset(job.output.format, "cpu")
     out = scratch.path / f"{job.render_id}.{preset.extension}"
@@ -1145,8 +1146,8 @@ def _fetch_source(
     render that may become one), the source comes from this process's :class:`SourceCache`, downloaded
     there if missing, and stays in use until ``keep`` closes; otherwise it is downloaded into ``into``
     (after the cache's idle source is deleted, to keep the disk one source's). ``pinned`` is the version the
-    render's first worker read: a chunk or assembly that finds another fails the render. A download is not
-    interruptible, so a cancel or shutdown that came meanwhile is checked at its end.
+    render's first worker read: a chunk or assembly that finds another fails the render. A download is
+    stopped part-way by a cancel or a shutdown (the watch's stop event).
     """
     uri, limit = job.source_uri, deps.settings.max_source_bytes
     stat = deps.storage.stat(uri)
@@ -1159,7 +1160,11 @@ def _fetch_source(
         )
 
     def download(dest: Path) -> None:
-        deps.storage.fetch(uri, dest)
+        try:
+            deps.storage.fetch(uri, dest, stop=watch.stop)
+        except TransferStopped:
+            watch.raise_if_stopped()  # says why: cancelled, shut down, or another part failed the render
+            raise
         log.info("render %s: source downloaded (%d bytes)", job.render_id, stat.size)
         if pinned is not None and deps.storage.stat(uri).version != pinned:
             # Replaced during the download: the parts (ranged GETs) may mix two objects. The next attempt

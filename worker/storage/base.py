@@ -27,6 +27,7 @@ import logging
 import random
 import re
 import shutil
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -271,13 +272,17 @@ class Storage(abc.ABC):
 
     # -- public interface ---------------------------------------------------------------
 
-    def fetch(self, uri: str, dest: Path) -> int:
-        """Download the source at ``uri`` to ``dest`` (parents created); returns its size in bytes."""
+    def fetch(self, uri: str, dest: Path, *, stop: threading.Event | None = None) -> int:
+        """Download the source at ``uri`` to ``dest`` (parents created); returns its size in bytes.
+
+        Setting ``stop`` ends a download part-way with :class:`TransferStopped` and nothing at ``dest``: a
+        cancel or shutdown need not wait for gigabytes to arrive.
+        """
         src = self._source(uri)
         dest.parent.mkdir(parents=True, exist_ok=True)
         if src.path is not None:
             return self._fetch_file(src.path, dest)
-        return self._retry(f"fetch {src}", lambda: self._fetch_object(src.bucket, src.key, dest))
+        return self._retry(f"fetch {src}", lambda: self._fetch_object(src.bucket, src.key, dest, stop))
 
     def size(self, uri: str) -> int:
         """Size of the source in bytes (a HEAD), so limits are enforced before downloading."""
@@ -311,16 +316,16 @@ class Storage(abc.ABC):
         """Delete ``key`` from the output bucket; deleting a missing key is not an error."""
         self._retry(f"delete {key}", lambda: self._delete(key))
 
-    def download(self, key: str, dest: Path) -> int:
+    def download(self, key: str, dest: Path, *, stop: threading.Event | None = None) -> int:
         """Download ``key`` from the output bucket to ``dest`` (the worker's own intermediates: chunk pieces)."""
         check_key(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        return self._retry(f"get {key}", lambda: self._fetch_object(self.output_bucket, key, dest))
+        return self._retry(f"get {key}", lambda: self._fetch_object(self.output_bucket, key, dest, stop))
 
     # -- primitives -----------------------------------------------------------------------
 
     @abc.abstractmethod
-    def _fetch_object(self, bucket: str, key: str, dest: Path) -> int: ...
+    def _fetch_object(self, bucket: str, key: str, dest: Path, stop: threading.Event | None = None) -> int: ...
 
     @abc.abstractmethod
     def _stat_object(self, bucket: str, key: str) -> SourceStat: ...

@@ -24,7 +24,7 @@ import urllib.parse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from worker.errors import StorageError
+from worker.errors import StorageError, TransferStopped
 from worker.settings import Settings
 from worker.storage.base import (
     DEFAULT_ATTEMPTS,
@@ -75,6 +75,7 @@ class MemoryStorage(Storage):
         self.objects: dict[tuple[str, str], MemoryObject] = {}
         self.calls: collections.Counter[str] = collections.Counter()
         self._failures: collections.Counter[str] = collections.Counter()
+        self._fetch_s = 0.0
         self._lock = threading.Lock()
 
     # -- test and CLI helpers -------------------------------------------------------------
@@ -99,6 +100,10 @@ class MemoryStorage(Storage):
         with self._lock:
             self._failures[op] += n
 
+    def slow_fetch(self, seconds: float) -> None:
+        """Make every download take ``seconds`` (stoppable as a real one is): a large source on a slow link."""
+        self._fetch_s = seconds
+
     def _enter(self, op: str) -> None:
         """Count the call and raise an injected failure if one is pending."""
         with self._lock:
@@ -110,12 +115,19 @@ class MemoryStorage(Storage):
 
     # -- primitives -----------------------------------------------------------------------
 
-    def _fetch_object(self, bucket: str, key: str, dest: Path) -> int:
+    def _fetch_object(self, bucket: str, key: str, dest: Path, stop: threading.Event | None = None) -> int:
         self._enter("fetch")
         with self._lock:
             obj = self.objects.get((bucket, key))
         if obj is None:
             raise not_found(f"s3://{bucket}/{key}")
+        until = time.monotonic() + self._fetch_s
+        while True:  # the bytes "arrive" until then; a stop is seen as S3Storage sees it, while they do
+            if stop is not None and stop.is_set():
+                raise TransferStopped(f"download of s3://{bucket}/{key} stopped")
+            if time.monotonic() >= until:
+                break
+            time.sleep(min(0.05, until - time.monotonic()))
         tmp = dest.with_name(dest.name + ".part")
         tmp.write_bytes(obj.data)
         tmp.replace(dest)

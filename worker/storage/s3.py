@@ -19,6 +19,7 @@ instance roles); pass ``session`` to use explicit ones (tests do).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +32,7 @@ import s3transfer.exceptions
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
-from worker.errors import ConfigError, ErrorCode, RenderError, SourceError, StorageError
+from worker.errors import ConfigError, ErrorCode, RenderError, SourceError, StorageError, TransferStopped
 from worker.settings import Settings
 from worker.storage.base import (
     DEFAULT_ATTEMPTS,
@@ -205,12 +206,23 @@ class S3Storage(Storage):
             preferred_transfer_client="classic",
         )
 
-    def _fetch_object(self, bucket: str, key: str, dest: Path) -> int:
+    def _fetch_object(self, bucket: str, key: str, dest: Path, stop: threading.Event | None = None) -> int:
         what = f"s3://{bucket}/{key}"
+
+        def progress(_: int) -> None:
+            # s3transfer calls this as bytes arrive; an exception raised here fails the transfer, which
+            # stops its other parts and removes its temporary file.
+            if stop is not None and stop.is_set():
+                raise TransferStopped(f"download of {what} stopped")
+
         try:
             # download_file writes to a temporary name and renames it into place,
             # so a failed download never leaves a truncated source at ``dest``.
-            self.client.download_file(bucket, key, str(dest), Config=self.transfer_config)
+            self.client.download_file(
+                bucket, key, str(dest), Config=self.transfer_config, Callback=progress if stop is not None else None
+            )
+        except TransferStopped:
+            raise
         except _BOTO_ERRORS as exc:
             raise translate(exc, what, source=True) from exc
         return dest.stat().st_size
