@@ -260,12 +260,33 @@ def test_a_source_replaced_mid_render_fails_it_instead_of_mixing_recordings(
     assert "replaced" in rec["error_message"]
     assert pieces(deps) == []
     assert [e[0] for e in events(deps)] == [FAILED]
+    assert not cached.dir.exists()  # the failed render's cached source went with it
+
+
+def test_a_cancelled_render_leaves_nothing_in_the_cache(deps: Deps, queue: Queue, cached: SourceCache) -> None:
+    assert process(job(), deps, last_attempt=False) is Outcome.DISPATCHED
+    assert len(cache_files(cached)) == 1
+    assert deps.records.cancel("rnd_1", "changed my mind").status == "cancelled"
+    # The next part this process takes finds the render over: it renders nothing and drops the copy.
+    assert process_part(queue.take("chunk")[0], deps, last_attempt=False) is Outcome.CANCELLED
+    assert not cached.dir.exists()
 
 
 def test_a_whole_render_leaves_nothing_in_the_cache(deps: Deps, cached: SourceCache) -> None:
     short = {**job(), "segments": [{"start": 10.0, "end": 14.0}]}  # under RENDER_CHUNK_MIN_S: rendered whole
     assert process(short, deps, last_attempt=False) is Outcome.COMPLETED
-    assert cached.downloads == 1 and cache_files(cached) == []
+    assert cached.downloads == 1 and not cached.dir.exists()
+
+
+def test_a_failed_whole_render_leaves_nothing_in_the_cache(deps: Deps, cached: SourceCache) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RenderTimeout("the render ran past its time limit")
+
+    deps.renderer = broken
+    short = {**job(), "segments": [{"start": 10.0, "end": 14.0}]}
+    assert process(short, deps, last_attempt=False) is Outcome.FAILED
+    assert cached.downloads == 1 and not cached.dir.exists()
+    assert list(Path(deps.settings.work_dir).iterdir()) == []
 
 
 def test_the_cache_holds_one_source_and_shares_it_between_threads(tmp_path: Path) -> None:

@@ -537,6 +537,7 @@ def process(
                     scratch.keep = retried and not isinstance(exc, LeaseBusy)
                 raise
     except CancelRequested:
+        _forget_source(deps, job)
         # The upload may have been under way when the cancel landed (it is checked just before it starts).
         return _cancelled(deps, job, may_have_uploaded=True)
     except _Dispatched:
@@ -549,13 +550,15 @@ def process(
         return Outcome.DUPLICATE
     except RenderError as err:
         retry = err.transient and (not last_attempt or isinstance(err, Cancelled))
-        if retry:
+        if retry:  # the source stays in this process's cache, for the retry if it comes back here
             deps.records.release(job.render_id, token, {"error_message": bounded_message(f"retrying after: {err}")})
             raise
+        _forget_source(deps, job)
         _fail(deps, job.render_id, err, defaults, job.asset_id, job.webhook, token)
         return Outcome.FAILED
     except Exception as exc:  # noqa: BLE001 - a bug: fail the record instead of retrying forever
         log.exception("render %s failed unexpectedly", job.render_id)
+        _forget_source(deps, job)
         bug = RenderError(f"unexpected error: {type(exc).__name__}: {exc}")
         _fail(deps, job.render_id, bug, defaults, job.asset_id, job.webhook, token)
         return Outcome.FAILED
@@ -621,8 +624,7 @@ def _run(job: Job, deps: Deps, lease: _Lease, watch: _Watch, scratch: Scratch, r
             )
         # Not needed again (a retry uploads the output): the disk is the output's during the upload.
         src.unlink(missing_ok=True)
-        if deps.sources is not None:
-            deps.sources.forget(job.source_uri)
+        _forget_source(deps, job)
         (tmp / _RENDERED).write_text(json.dumps({"fingerprint": fingerprint, "result": result.to_dict()}))
     # Asked now rather than at the next poll: a cancel that landed during the last half second uploads nothing.
     watch.raise_if_stopped()
@@ -888,6 +890,7 @@ def process_part(
         part, slot, key = f"chunk-{int(index)}", int(index), piece_key(settings, render_id, int(index))
     state = deps.records.state(render_id)
     if state in ("completed", "failed", "cancelled"):
+        _forget_source(deps, job)  # a copy this process kept for the render's parts
         if state != "completed":  # pieces a failed or cancelled render left (a completed one deleted its own)
             _delete_pieces(deps, render_id, count)
         _terminal_event(deps, render_id, job.webhook)
@@ -925,6 +928,7 @@ def process_part(
                     raise CancelRequested(f"render {render_id} was stopped") from exc
                 raise
     except CancelRequested:
+        _forget_source(deps, job)
         _delete_pieces(deps, render_id, count)
         _terminal_event(deps, render_id, job.webhook)
         return Outcome.CANCELLED
@@ -932,11 +936,13 @@ def process_part(
         deps.records.part_release(render_id, part, token)
         if err.transient and (not last_attempt or isinstance(err, Cancelled)):
             raise
+        _forget_source(deps, job)
         _fail(deps, render_id, err, defaults, job.asset_id, job.webhook, record_token)
         _delete_pieces(deps, render_id, count)
         return Outcome.FAILED
     except Exception as exc:  # noqa: BLE001 - a bug: fail the render instead of retrying forever
         log.exception("render %s: %s failed unexpectedly", render_id, part)
+        _forget_source(deps, job)
         bug = RenderError(f"unexpected error: {type(exc).__name__}: {exc}")
         _fail(deps, render_id, bug, defaults, job.asset_id, job.webhook, record_token)
         _delete_pieces(deps, render_id, count)
@@ -1188,5 +1194,10 @@ def _fetch_source(
 def _drop_source(job: Job, deps: Deps, scratch: Path) -> None:
     """Free the disk a render's source took, on this worker, once its last part here is done with it."""
     (scratch / f"source{_ext_of(job.source_uri)}").unlink(missing_ok=True)
+    _forget_source(deps, job)
+
+
+def _forget_source(deps: Deps, job: Job) -> None:
+    """The render is over on this process (done, failed, cancelled): its cached source goes, if idle."""
     if deps.sources is not None:
         deps.sources.forget(job.source_uri)

@@ -119,6 +119,8 @@ class SourceCache:
     def _drop_locked(self) -> None:
         if self._path is not None:
             self._path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # the directory too, when nothing else is in it
+                self.dir.rmdir()
         self._key, self._path = None, None
 
 
