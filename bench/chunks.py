@@ -17,7 +17,8 @@ and ratios, because the machine is shared: the load average before and after is 
 
 Quality at the joins: luma PSNR of each output frame against the source frame it shows (the source is
 720p, so no scaling), for the chunked and the whole render, in windows of 15 frames either side of each
-join, and the PSNR of the chunked render against the whole one there (ffmpeg's own ``psnr`` filter).
+join, and the PSNR of the chunked render against the whole one there. With ``--vmaf``, the same windows'
+VMAF (the bundled ffmpeg's libvmaf, its default model) against the source frames they show.
 
 The source: 1280x720 30 fps ``testsrc2`` with temporal grain (so the encoder works as on a camera's
 picture), keyframes every 2 s, pink-noise AAC; cut into 9 pieces that keep ``--seconds`` of it.
@@ -143,6 +144,50 @@ def _psnr(a: object, b: object) -> float:
     return 99.0 if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 
+def _vmaf(distorted: Path, first: int, src: Path, src_frames: list[int], tmp: Path) -> list[float]:
+    """Per-frame VMAF (libvmaf's default model) of ``distorted``'s frames ``first``... against the source frames
+    they show, in order. The source here is CFR, so its frames are picked by their decode index."""
+    log = tmp / f"vmaf-{distorted.stem}-{first}.json"
+    picks = "+".join(f"eq(n,{i})" for i in src_frames)
+    graph = tmp / "vmaf-graph.txt"
+    graph.write_text(
+        f"[0:v]trim=start_frame={first}:end_frame={first + len(src_frames)},setpts=N/30/TB[d];"
+        f"[1:v]select='{picks}',setpts=N/30/TB[r];"
+        f"[d][r]libvmaf=log_fmt=json:log_path={log}:n_threads={os.cpu_count() or 1}"
+    )
+    subprocess.run(
+        [ffmpeg.resolve_ffmpeg(), "-hide_banner", "-loglevel", "error", "-i", str(distorted), "-i", str(src),
+         "-/filter_complex", str(graph), "-f", "null", "-"],
+        check=True,
+    )  # fmt: skip
+    frames = json.loads(log.read_text())["frames"]
+    return [float(f["metrics"]["vmaf"]) for f in frames]
+
+
+def join_vmaf(src: Path, segs: list[Segment], whole: Path, chunked: Path, chunks: int, tmp: Path) -> dict[str, object]:
+    """VMAF of the frames around each join, chunked and whole, each against the source frames shown."""
+    plan = plan_render(src, segs, SPEC)
+    cplan = chunk_plan_for(plan, count=chunks)
+    shown = [p.src + i for p in plan.timeline.pieces for i in range(p.length)]
+    rows = []
+    for j in (c.start for c in cplan.chunks[1:]):
+        window = [shown[k] for k in range(j - WINDOW, j + WINDOW)]
+        vc = _vmaf(chunked, j - WINDOW, src, window, tmp)
+        vw = _vmaf(whole, j - WINDOW, src, window, tmp)
+        rows.append(
+            {
+                "join": j,
+                "chunked_mean": round(statistics.mean(vc), 2),
+                "whole_mean": round(statistics.mean(vw), 2),
+                "chunked_min": round(min(vc), 2),
+                "whole_min": round(min(vw), 2),
+                "step_chunked": round(vc[WINDOW] - vc[WINDOW - 1], 2),
+                "step_whole": round(vw[WINDOW] - vw[WINDOW - 1], 2),
+            }
+        )
+    return {"chunks": chunks, "vmaf_joins": rows}
+
+
 def join_quality(src: Path, segs: list[Segment], whole: Path, chunked: Path, chunks: int) -> dict[str, object]:
     plan = plan_render(src, segs, SPEC)
     cplan = chunk_plan_for(plan, count=chunks)
@@ -230,6 +275,7 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=90.0)
     ap.add_argument("--quality-only", action="store_true", help="render once, unpinned, and measure the joins")
+    ap.add_argument("--vmaf", action="store_true", help="with --quality-only: VMAF around the joins too (libvmaf)")
     args = ap.parse_args()
     cache = ROOT / ".fixtures-cache"
     cache.mkdir(exist_ok=True)
@@ -251,6 +297,8 @@ def main() -> int:
             for k in args.chunks:
                 render_chunked(src, segs, SPEC, tmp / f"chunked-{k}.mp4", chunks=k)
                 print(json.dumps(join_quality(src, segs, tmp / "whole.mp4", tmp / f"chunked-{k}.mp4", k)))
+                if args.vmaf:
+                    print(json.dumps(join_vmaf(src, segs, tmp / "whole.mp4", tmp / f"chunked-{k}.mp4", k, tmp)))
             return 0
         for r in range(args.repeats):  # interleaved, so drifting load hits every contender alike
             wall, cpu = run_whole(src, segs_file, tmp / "whole.mp4")
