@@ -155,6 +155,23 @@ def test_parts_render_assemble_and_complete_in_any_order(
     assert [e[0] for e in events(deps)] == ["render.completed"]
 
 
+def test_a_render_too_short_to_split_probes_its_source_once(
+    deps: Deps, queue: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first worker plans to count chunks; a render of one chunk is rendered from that plan, not a second."""
+    planned: list[Any] = []
+    real = render_module.plan_render
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        planned.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(render_module, "plan_render", counting)
+    short = {**job(), "segments": [{"start": 10.0, "end": 14.0}]}  # under RENDER_CHUNK_MIN_S
+    assert process(short, deps, last_attempt=False) is Outcome.COMPLETED
+    assert queue.sent == [] and len(planned) == 1
+
+
 def _no_audio(*args: Any, **kwargs: Any) -> Any:
     raise AssertionError("the assembly rendered the audio")
 

@@ -97,7 +97,7 @@ class Outcome(enum.Enum):
     CANCELLED = "cancelled"  # the record was cancelled: stopped (or never started), acknowledged
     DUPLICATE = "duplicate"  # already terminal: nothing done
     DISPATCHED = "dispatched"  # a chunked render: its chunks are on the queue, the assembly completes it
-    STORED = "stored"  # one chunk of a chunked render stored under the render's temporary prefix
+    STORED = "stored"  # one part (a chunk, the audio) of a chunked render stored under its temporary prefix
 
 
 class LeaseBusy(RenderError):
@@ -141,7 +141,7 @@ class Deps:
     send_event: EventSender
     observer: Observer = dataclasses.field(default_factory=Observer)
     renderer: Callable[..., RenderResult] = render
-    #: Sends a part of a chunked render as a message of its own (``"chunk"`` or ``"assembly"``, body); None
+    #: Sends a part of a chunked render as a message of its own (``"chunk"``, ``"audio"`` or ``"assembly"``, body); None
     #: (render-cli, unit tests) renders everything whole on this worker.
     dispatch: Callable[[str, dict[str, Any]], None] | None = None
     #: The source kept between the parts of a chunked render on this process; None downloads it every time.
@@ -607,10 +607,11 @@ def _run(job: Job, deps: Deps, lease: _Lease, watch: _Watch, scratch: Scratch, r
             # A render that may be chunked keeps its source in the worker's cache: this worker is likely to
             # take some of the chunks, which then need no download.
             src, version = _fetch_source(job, deps, watch, tmp, keep=keep if chunkable else None)
+            plan = None
             if chunkable:
-                count = _chunk_count(src, job, settings)
-                if count > 1:
-                    _dispatch_chunks(deps, raw, count, lease.token, wall_deadline, version)
+                plan, cplan = _plan(src, job, settings)
+                if len(cplan.chunks) > 1:
+                    _dispatch_chunks(deps, raw, len(cplan.chunks), lease.token, wall_deadline, version)
                     raise _Dispatched(job.render_id)
             result = deps.renderer(
                 src,
@@ -621,6 +622,7 @@ def _run(job: Job, deps: Deps, lease: _Lease, watch: _Watch, scratch: Scratch, r
                 on_progress=lease.on_progress,
                 cancel=watch.stop,
                 deadline=deadline,
+                plan=plan,  # the one made to count chunks: the source is probed once
             )
         # Not needed again (a retry uploads the output): the disk is the output's during the upload.
         src.unlink(missing_ok=True)
@@ -753,10 +755,6 @@ def _plan(src: Path, job: Job, settings: Settings) -> tuple[Any, Any]:
 
     plan = plan_render(src, job.segments, job.output, limits=Limits.from_settings(settings))
     return plan, chunk_plan_for(plan, settings)
-
-
-def _chunk_count(src: Path, job: Job, settings: Settings) -> int:
-    return len(_plan(src, job, settings)[1].chunks)
 
 
 def _dispatch_chunks(deps: Deps, raw: Any, count: int, token: str, deadline: float, version: str) -> None:

@@ -264,15 +264,19 @@ def render(
     cancel: threading.Event | None = None,
     deadline: float | None = None,
     nvenc: NvencStatus | None = None,
+    plan: Plan | None = None,
 ) -> RenderResult:
     """Render ``source`` through ``segments`` into ``output``.
 
     The file appears at ``output`` only when ffmpeg succeeded; a failed or
-    cancelled render leaves nothing behind.
+    cancelled render leaves nothing behind. ``plan``: the plan of these very
+    arguments, when the caller made it already (the queue's first worker plans
+    to count chunks), so the source is not probed twice.
     """
     settings = settings or Settings()
     started = time.monotonic()
-    plan = plan_render(source, segments, spec, limits=Limits.from_settings(settings))
+    if plan is None:
+        plan = plan_render(source, segments, spec, limits=Limits.from_settings(settings))
     out_path = Path(output)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     ffmpeg_bin = settings.ffmpeg_path or None
