@@ -214,20 +214,25 @@ def setup(settings: Settings | None = None) -> RedisBroker:
         _install_log_filters()
         broker = build_broker(s)
         dramatiq.set_broker(broker)
+        # Renders and the parts of chunked renders share the render queue and its retry policy (a chunk that
+        # fails transiently is retried alone).
+        render_options: dict[str, Any] = {
+            "queue_name": s.queue,
+            "broker": broker,
+            "max_retries": s.max_retries,
+            "min_backoff": s.retry_min_backoff_ms,
+            "max_backoff": s.retry_max_backoff_ms,
+            "retry_when": _retry_when(s.max_retries),
+            # The pipeline enforces RENDER_TIME_LIMIT_S itself and stops ffmpeg; this is
+            # only a backstop for a thread stuck outside ffmpeg.
+            "time_limit": int((s.time_limit_s + 600) * 1000),
+        }
         render_actor = dramatiq.actor(
             actor_name="render",
-            queue_name=s.queue,
-            broker=broker,
-            max_retries=s.max_retries,
-            min_backoff=s.retry_min_backoff_ms,
-            max_backoff=s.retry_max_backoff_ms,
-            retry_when=_retry_when(s.max_retries),
             # A message with no render id has nowhere to report to: straight to the
             # dead-letter queue, never retried.
             throws=(pipeline.UnrecordableJob,),
-            # The pipeline enforces RENDER_TIME_LIMIT_S itself and stops ffmpeg; this is
-            # only a backstop for a thread stuck outside ffmpeg.
-            time_limit=int((s.time_limit_s + 600) * 1000),
+            **render_options,
         )(_render)
         webhook_retries = max(0, s.webhook_max_attempts - 1)
         webhook_actor = dramatiq.actor(
@@ -239,18 +244,8 @@ def setup(settings: Settings | None = None) -> RedisBroker:
             max_backoff=s.webhook_max_backoff_ms,
             retry_when=_retry_when(webhook_retries),
         )(_deliver_webhook)
-        # The chunks and the assembly of a chunked render (pipeline.process_part): the render queue, so any
-        # worker takes them, with the render's retry policy (a chunk that fails transiently is retried alone).
-        part_actor = dramatiq.actor(
-            actor_name="render_part",
-            queue_name=s.queue,
-            broker=broker,
-            max_retries=s.max_retries,
-            min_backoff=s.retry_min_backoff_ms,
-            max_backoff=s.retry_max_backoff_ms,
-            retry_when=_retry_when(s.max_retries),
-            time_limit=int((s.time_limit_s + 600) * 1000),
-        )(_render_part)
+        # The chunks, audio and assembly of a chunked render (pipeline.process_part): any worker takes them.
+        part_actor = dramatiq.actor(actor_name="render_part", **render_options)(_render_part)
         _runtime = Runtime(s, broker, render_actor, webhook_actor, part_actor)
         return broker
 
