@@ -206,11 +206,12 @@ class RecordStore(abc.ABC):
 
     # -- chunked renders: the parts of one render that run on many workers (DESIGN, "Chunked renders") --------
     #
-    # ``part`` names a chunk ("chunk-7") or the assembly ("assembly"). A part lease works as the render's lease
+    # ``part`` names a chunk ("chunk-7"), the audio ("audio") or the assembly. A part lease works as the render's lease
     # does, one level down: held by one token, renewed while it works, lapsing ``ttl_s`` after its holder stops,
     # so a crashed or stuck chunk is taken over by its redelivery while a duplicate delivery is told to wait.
-    # ``chunk_stored`` is the barrier: the set of distinct chunks stored, so a chunk stored twice (a duplicate
-    # delivery, a redelivery after a crash between upload and ack) counts once.
+    # ``chunk_stored`` is the barrier: the set of distinct parts stored (the chunks by index, the audio as index
+    # ``count``), so a part stored twice (a duplicate delivery, a redelivery after a crash between upload and ack)
+    # counts once.
 
     @abc.abstractmethod
     def part_lease(self, render_id: str, part: str, token: str, ttl_s: float) -> bool:
