@@ -164,13 +164,19 @@ def _vmaf(distorted: Path, first: int, src: Path, src_frames: list[int], tmp: Pa
     return [float(f["metrics"]["vmaf"]) for f in frames]
 
 
-def join_vmaf(src: Path, segs: list[Segment], whole: Path, chunked: Path, chunks: int, tmp: Path) -> dict[str, object]:
-    """VMAF of the frames around each join, chunked and whole, each against the source frames shown."""
+def _joins(src: Path, segs: list[Segment], chunks: int) -> tuple[list[int], list[int]]:
+    """The source frame each output frame shows, and the output frames that start chunks 1.. (the joins)."""
     plan = plan_render(src, segs, SPEC)
     cplan = chunk_plan_for(plan, count=chunks)
     shown = [p.src + i for p in plan.timeline.pieces for i in range(p.length)]
+    return shown, [c.start for c in cplan.chunks[1:]]
+
+
+def join_vmaf(src: Path, segs: list[Segment], whole: Path, chunked: Path, chunks: int, tmp: Path) -> dict[str, object]:
+    """VMAF of the frames around each join, chunked and whole, each against the source frames shown."""
+    shown, joins = _joins(src, segs, chunks)
     rows = []
-    for j in (c.start for c in cplan.chunks[1:]):
+    for j in joins:
         window = [shown[k] for k in range(j - WINDOW, j + WINDOW)]
         vc = _vmaf(chunked, j - WINDOW, src, window, tmp)
         vw = _vmaf(whole, j - WINDOW, src, window, tmp)
@@ -189,10 +195,7 @@ def join_vmaf(src: Path, segs: list[Segment], whole: Path, chunked: Path, chunks
 
 
 def join_quality(src: Path, segs: list[Segment], whole: Path, chunked: Path, chunks: int) -> dict[str, object]:
-    plan = plan_render(src, segs, SPEC)
-    cplan = chunk_plan_for(plan, count=chunks)
-    shown = [p.src + i for p in plan.timeline.pieces for i in range(p.length)]
-    joins = [c.start for c in cplan.chunks[1:]]
+    shown, joins = _joins(src, segs, chunks)
     out_frames = {k for j in joins for k in range(j - WINDOW, j + WINDOW)}
     src_frames = {shown[k] for k in out_frames}
     ref = _luma_frames(src, src_frames)
