@@ -4,9 +4,10 @@ The promise (README, "How a render stays exact"): a render cuts on a grid of slo
 anchored at ``origin`` (the source's first frame, or first audio sample for audio-only outputs). Segment j
 keeps the planned time ``[start_j, end_j)``; its first output slot is ``round(T_j * rate)``, with ``T_j``
 the planned time kept before it (so no boundary is ever more than half a slot from the plan, however many
-segments), and its first source slot is ``round((start_j - origin) * rate)``, moved past the previous
-segment's last slot where rounding would show that slot twice. Audio follows the picture: the output audio
-at output time ``t`` is the source audio at the source instant of the slot shown at ``t``.
+segments). Inside segment j the plan maps output time ``t`` to source time ``start_j + t - T_j``, and output
+slot ``k`` shows the source slot nearest the plan's source time for ``k``: ``round(k + (start_j - origin -
+T_j) * rate)``, one rounding (the half-frame rule). Audio follows the picture: the output audio at output
+time ``t`` is the source audio at the source instant of the slot shown at ``t``.
 
 Everything here is exact (Fractions) and written from that statement alone, so a test comparing a render
 with it checks the renderer against the promise rather than against itself.
@@ -93,9 +94,11 @@ def expected(
         if stop <= start:
             continue
         planned_out = kept * rate
-        kept += stop - start
         planned_src = (start - origin) * rate
-        src = min(max(round_half_up(planned_src), first), end)
+        # The slot shown at output slot k is round(k + planned_src - planned_out): rounded once, so slot k is
+        # within half a slot of the plan's source time for k.
+        src = min(max(out + round_half_up(planned_src - planned_out), first), end)
+        kept += stop - start
         if spans and src < spans[-1].src + spans[-1].length:
             src = spans[-1].src + spans[-1].length  # never show a source slot twice
         length = min(round_half_up(kept * rate) - out, end - src)
@@ -111,10 +114,19 @@ def expected(
 
 
 def check_timeline_promise(exp: Expected) -> None:
-    """The oracle's own spans keep the promise: output boundaries within half a slot, starts within one."""
+    """The oracle's own spans keep the promise: output boundaries within half a slot, every slot's content
+    within half a slot of the plan's source time for it."""
     for s in exp.spans:
         assert abs(s.out - s.planned_out) <= Fraction(1, 2) or s is not exp.spans[0]
         assert abs(s.src - s.planned_src) <= 1
+        assert abs(Fraction(s.src - s.out) - (s.planned_src - s.planned_out)) <= Fraction(1, 2)
+
+
+def plan_error(exp: Expected, out_slot: int, shown: int) -> Fraction:
+    """How far (in slots) the source slot ``shown`` at output slot ``out_slot`` is from the plan's source time
+    for that slot: ``shown - (out_slot + planned_src - planned_out)`` of the segment the slot belongs to."""
+    s = exp.span_at(out_slot)
+    return shown - (out_slot + s.planned_src - s.planned_out)
 
 
 @dataclasses.dataclass

@@ -103,6 +103,8 @@ def _check_video(out: Path, f: dict, exp: oracle.Expected) -> dict:
             assert shown is None, f"output frame {k}: {shown}, the source has no picture yet (black)"
             continue
         assert shown == want, f"output frame {k} (slot {slot}): source frame {shown}, the plan says {want}"
+        # The half-frame rule, on the slot grid: the slot shown is the one nearest the plan's time for k.
+        assert abs(oracle.plan_error(exp, k, slot)) <= Fraction(1, 2), f"output frame {k} is a slot off the plan"
     # Half a frame: where each piece starts on the output timeline.
     for s in exp.spans[1:]:
         assert abs(s.out - s.planned_out) <= Fraction(1, 2)

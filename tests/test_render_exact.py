@@ -75,6 +75,9 @@ def check_frames(out: Path, segments: list[Segment], rate: Fraction, frames: int
     for span in exp.spans:
         assert abs(span.out - span.planned_out) <= Fraction(1, 2)  # half a frame on the output timeline
         assert abs(span.src - span.planned_src) <= 1  # each piece starts within one frame of the plan
+    for k, shown in enumerate(idx):
+        # The half-frame rule: every frame's content within half a frame of the plan's source time for it.
+        assert abs(oracle.plan_error(exp, k, shown)) <= Fraction(1, 2), f"output frame {k} is a frame off the plan"
     assert len(set(idx)) == len(idx), "a duplicated frame"
     return got
 

@@ -27,6 +27,7 @@ shows black (before) or holds the last frame (after) there, an editor shows the 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from fractions import Fraction
 from pathlib import PurePosixPath
@@ -50,6 +51,17 @@ REEL_CHARS = 8
 EDL_AUDIO_RATE = Fraction(30)
 _TC = re.compile(r"(\d{1,2})[:;.](\d{2})[:;.](\d{2})([:;.,])(\d{2,3})")
 _NTSC = {Fraction(24000, 1001): 24, Fraction(30000, 1001): 30, Fraction(60000, 1001): 60}
+#: The frame rates CMX 3600 timecode carries; an EDL at any other rate would be read at the wrong speed.
+EDL_RATES: tuple[Fraction, ...] = (
+    Fraction(24000, 1001),
+    Fraction(24),
+    Fraction(25),
+    Fraction(30000, 1001),
+    Fraction(30),
+    Fraction(50),
+    Fraction(60000, 1001),
+    Fraction(60),
+)
 
 
 assert tuple(EXPORT_FORMATS) == _NAMES  # the intake's list (worker/output.py) and the writers agree
@@ -191,7 +203,23 @@ def export(cut: Cut, fmt: str) -> str:
     writers = {"xmeml": to_xmeml, "fcpxml": to_fcpxml, "edl": to_edl, "otio": to_otio}
     if fmt not in writers:
         raise InvalidJob(f"not an export format: {fmt}")
+    if fmt == "edl":
+        check_edl_rate(cut)
     return writers[fmt](cut)
+
+
+def _fps(rate: Fraction) -> str:
+    return f"{float(rate):.3f}".rstrip("0").rstrip(".")
+
+
+def check_edl_rate(cut: Cut) -> None:
+    """Refuse an EDL of a video at a rate CMX 3600 does not carry (20 fps, 1 fps), naming what can carry it."""
+    if cut.video and cut.rate not in EDL_RATES:
+        carried = ", ".join(_fps(r) for r in EDL_RATES)
+        raise InvalidJob(
+            f"output.format=edl: the source is {_fps(cut.rate)} fps, and a CMX 3600 EDL carries only {carried} fps; "
+            "xmeml, fcpxml and otio carry this rate"
+        )
 
 
 # --- FCP 7 XML (xmeml) ---------------------------------------------------------------------------------------
@@ -392,11 +420,17 @@ def edl_events(cut: Cut) -> tuple[Fraction, list[Clip]]:
     if cut.video:
         return cut.rate, list(cut.clips)
     scale = EDL_AUDIO_RATE / cut.rate
+    # The last whole EDL frame of the media: no out point may lie past it.
+    media_end = math.floor(cut.source_units * scale)
     out = []
     for clip in cut.clips:
         rec_in, rec_out = _round(clip.record * scale), _round((clip.record + clip.length) * scale)
+        # One rounding, as in the render: the source frame at record frame k is k plus the piece's offset,
+        # rounded once, so both the in and the out point are within half a frame of the plan.
+        src_in = rec_in + _round((clip.src - clip.record) * scale)
+        rec_out = min(rec_out, rec_in + media_end - src_in)
         if rec_out > rec_in:
-            out.append(Clip(src=_round(clip.src * scale), length=rec_out - rec_in, record=rec_in))
+            out.append(Clip(src=src_in, length=rec_out - rec_in, record=rec_in))
     return EDL_AUDIO_RATE, out
 
 

@@ -26,7 +26,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -36,6 +36,10 @@ ProgressFn = Callable[[float], None]
 POLL_S = 0.05
 STDERR_TAIL_LINES = 40
 
+# A decoder refused by the whitelist: a fault only for a decoder the render uses (see ``run``'s ``decoders``).
+_DECODER_REFUSED = re.compile(r"Codec \((?P<name>[\w-]{1,32})\) not on whitelist")
+# A decoder ffmpeg could not open for a stream it decodes (its log names the decoder).
+_DECODER_FAILED = re.compile(r"\[dec:(?P<name>[\w-]{1,32}) @ [^\]]{1,40}\] Error while opening decoder")
 # ffmpeg's messages for faults of the input, and what they mean for the render.
 # Names are captured only as short word-like runs, so a message never quotes
 # more than a few bytes a tenant chose.
@@ -53,7 +57,7 @@ SOURCE_FAULTS: tuple[tuple[re.Pattern[str], ErrorCode, str], ...] = (
         "a frame of the source is {w}x{h}, too large to decode",
     ),
     (
-        re.compile(r"Codec \((?P<name>[\w-]{1,32})\) not on whitelist"),
+        _DECODER_REFUSED,
         ErrorCode.SOURCE_UNREADABLE,
         "the source needs the {name} decoder, which is not allowed",
     ),
@@ -75,11 +79,20 @@ SOURCE_FAULTS: tuple[tuple[re.Pattern[str], ErrorCode, str], ...] = (
 )
 
 
-def source_fault(line: str) -> SourceError | None:
-    """The :class:`SourceError` an ffmpeg stderr line reports, if it reports one."""
+def source_fault(line: str, decoders: Collection[str] | None = None) -> SourceError | None:
+    """The :class:`SourceError` an ffmpeg stderr line reports, if it reports one.
+
+    ``decoders``: the decoders the render runs. ffmpeg's stream-info pass tries to open a decoder for every
+    stream of the input, and the whitelist (only the render's own decoders) refuses the rest with the same
+    message: those are streams the render ignores (cover art, subtitles), not faults. ``None``: every
+    refusal is one.
+    """
     for pattern, code, template in SOURCE_FAULTS:
         m = pattern.search(line)
         if m is not None:
+            name = m.groupdict().get("name")
+            if decoders is not None and pattern is _DECODER_REFUSED and name not in decoders:
+                continue
             return SourceError(template.format(**m.groupdict()), code=code)
     return None
 
@@ -128,13 +141,31 @@ def _pump_progress(stream: IO[bytes], total_s: float, on_progress: ProgressFn | 
             on_progress(1.0)
 
 
-def _pump_tail(stream: IO[bytes], tail: collections.deque[str], first: list[str], faults: list[SourceError]) -> None:
+def _pump_tail(
+    stream: IO[bytes],
+    tail: collections.deque[str],
+    first: list[str],
+    faults: list[SourceError],
+    decoders: Collection[str] | None,
+) -> None:
+    refused: set[str] = set()
     for raw in stream:
         line = raw.decode("utf-8", "replace").rstrip()
+        m = _DECODER_REFUSED.search(line)
+        if decoders is not None and m is not None and m.group("name") not in decoders:
+            # Refused as it should be. An ignored stream's decoder (ffmpeg's stream-info pass tries one for
+            # every stream) is neither a fault nor the cause of anything, unless ffmpeg then really needs it.
+            refused.add(m.group("name"))
+            continue
+        opening = _DECODER_FAILED.search(line)
+        if opening is not None and opening.group("name") in refused and not faults:
+            # A stream the render decodes turned out to need it (a file that showed the probe another codec).
+            faults.append(SourceError(f"the source needs the {opening.group('name')} decoder, which is not allowed",
+                                      code=ErrorCode.SOURCE_UNREADABLE))  # fmt: skip
         if line and not first:
             first.append(line)  # ffmpeg names the cause first; later lines are it unwinding
         if not faults:
-            fault = source_fault(line)
+            fault = source_fault(line, decoders)
             if fault is not None:
                 faults.append(fault)
         tail.append(line)
@@ -149,8 +180,12 @@ def run(
     cancel: threading.Event | None = None,
     deadline: float | None = None,
     cwd: str | os.PathLike[str] | None = None,
+    decoders: Collection[str] | None = None,
 ) -> None:
-    """Run ffmpeg with ``args``; raise on failure, cancel or deadline (monotonic time)."""
+    """Run ffmpeg with ``args``; raise on failure, cancel or deadline (monotonic time).
+
+    ``decoders``: the decoders the render runs (``SourceInfo.decoders``), see :func:`source_fault`.
+    """
     argv = [resolve_ffmpeg(ffmpeg), *args]
     tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
     first: list[str] = []
@@ -170,7 +205,7 @@ def run(
     assert proc.stdout is not None and proc.stderr is not None
     readers = [
         threading.Thread(target=_pump_progress, args=(proc.stdout, expected_duration_s, on_progress), daemon=True),
-        threading.Thread(target=_pump_tail, args=(proc.stderr, tail, first, faults), daemon=True),
+        threading.Thread(target=_pump_tail, args=(proc.stderr, tail, first, faults, decoders), daemon=True),
     ]
     for t in readers:
         t.start()

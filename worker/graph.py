@@ -72,6 +72,8 @@ MIN_AUDIO_BPS = 32_000
 # count (up to 16) that alone is 1.3 GB. Four threads keep decoding faster than
 # the encoder for the 4K sources the limit allows, and that cost under 400 MB.
 DECODE_THREADS = 4
+# The smallest picture edge an H.264 output can have (4:2:0 chroma needs two luma pixels a side).
+MIN_EDGE = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +136,13 @@ def decide(info: SourceInfo, spec: OutputSpec, preset: Preset, tiers: Tiers | No
         assert info.video is not None
         dw, dh = info.video.display_width, info.video.display_height
         width, height, scaled = output_size(dw, dh, spec.resolution, tiers)
+        if min(dw, dh) < MIN_EDGE or min(width, height) < MIN_EDGE:
+            # An encoder needs an even picture of at least 2x2; a 1-pixel edge would be cropped to nothing.
+            raise SourceError(
+                f"the source's picture is {dw}x{dh} (after rotation): {spec.format} needs at least "
+                f"{MIN_EDGE} pixels on each side",
+                code=ErrorCode.SOURCE_UNREADABLE,
+            )
         crop_odd = not scaled and (dw % 2 == 1 or dh % 2 == 1)
         wanted = spec.video_bitrate * 1_000_000 if spec.video_bitrate else tiers.auto_video_bps(min(width, height))
         src_bps = _source_video_bps(info)
@@ -369,6 +378,21 @@ def build_graph(
     return ";\n".join(chains) + "\n"
 
 
+def render_decoders(info: SourceInfo, preset: Preset) -> tuple[str, ...]:
+    """The decoders a render with ``preset`` runs: the chosen video stream's (video outputs) and audio's."""
+    if preset.has_video:
+        return info.decoders
+    return (info.audio.codec,) if info.audio is not None else ()
+
+
+def _source_input_args(info: SourceInfo, max_pixels: int, decoders: tuple[str, ...]) -> list[str]:
+    """The hardening options every open of the tenant's source gets (see :func:`ffmpeg_args`)."""
+    args = []
+    for name, value in input_options(max_pixels, decoders).items():
+        args += [f"-{name}", value]
+    return [*args, "-threads", str(DECODE_THREADS), "-f", info.demuxer]
+
+
 def _video_encode_args(info: SourceInfo, preset: Preset, enc: EncodeSettings, tiers: Tiers) -> list[str]:
     """``[vout]`` to the preset's encoder at the render's rate control (whole renders and chunks alike)."""
     assert enc.video_bps is not None and preset.video_codec is not None
@@ -402,30 +426,39 @@ def ffmpeg_args(
     max_pixels: int,
     tiers: Tiers | None = None,
     extra_input_args: Sequence[str] = (),
+    cover_file: str | None = None,
 ) -> list[str]:
     """The ffmpeg arguments (without the binary) that run ``graph_file``.
 
     ``max_pixels`` is the pixel limit (RENDER_MAX_SOURCE_PIXELS): every decoded
     frame is held to it by the decoder itself, not only the probe's first frame.
+    ``cover_file``: the cover art's side file (:mod:`worker.cover`), copied into an audio-only output.
     """
     tiers = tiers or load_tiers()
     args = ["-hide_banner", "-nostdin", "-y", "-loglevel", "error", "-nostats", "-progress", "pipe:1"]
     # Input hardening, the same options the probe opened the source with: only
-    # local files, only allowed demuxers and decoders, bounded probing, and no
-    # frame over the pixel limit (the decoder refuses it; worker/ffmpeg.py turns
-    # that refusal into source_too_large). Then the demuxer the probe identified,
-    # so content sniffing cannot pick another one.
-    for name, value in input_options(max_pixels).items():
-        args += [f"-{name}", value]
-    args += ["-threads", str(DECODE_THREADS), "-f", info.demuxer]
+    # local files, only allowed demuxers, only the decoders of the streams this
+    # render decodes, bounded probing, and no frame over the pixel limit (the
+    # decoder refuses it; worker/ffmpeg.py turns that refusal into
+    # source_too_large). Then the demuxer the probe identified, so content
+    # sniffing cannot pick another one.
+    args += _source_input_args(info, max_pixels, render_decoders(info, preset))
     if not preset.has_video:
         args += ["-vn"]  # audio-only outputs never decode video
     args += ["-sn", "-dn", *extra_input_args, "-i", info.path]
+    if cover_file is not None:
+        # The cover art's side file (worker/cover.py): ours, but opened as warily as the source.
+        for name, value in input_options(max_pixels, decoders=()).items():
+            args += [f"-{name}", value]
+        args += ["-f", "mov", "-i", cover_file]
     args += ["-/filter_complex", graph_file]
     if preset.has_video:
         args += _video_encode_args(info, preset, enc, tiers)
     args += ["-map", "[aout]", "-c:a", preset.audio_codec, *preset.audio_args, "-b:a", str(enc.audio_bps)]
     args += ["-ar", str(enc.sample_rate)]
+    if cover_file is not None:
+        # Copied, never decoded: the picture goes out byte for byte as MP4 covr or ID3 APIC.
+        args += ["-map", "1:0", "-c:v", "copy", "-disposition:v:0", "attached_pic"]
     # Chapters and per-stream metadata describe the uncut source; they would lie.
     args += ["-map_metadata", "-1", "-map_chapters", "-1"]
     args += ["-f", preset.muxer, *preset.muxer_args, output_file]
@@ -549,14 +582,6 @@ def build_chunk_graph(info: SourceInfo, timeline: Timeline, chunk: Chunk, preset
     return ";\n".join(chains) + "\n"
 
 
-def _source_input_args(info: SourceInfo, max_pixels: int) -> list[str]:
-    """The hardening options every open of the tenant's source gets (see :func:`ffmpeg_args`)."""
-    args = []
-    for name, value in input_options(max_pixels).items():
-        args += [f"-{name}", value]
-    return [*args, "-threads", str(DECODE_THREADS), "-f", info.demuxer]
-
-
 def chunk_ffmpeg_args(
     info: SourceInfo,
     timeline: Timeline,
@@ -582,7 +607,7 @@ def chunk_ffmpeg_args(
     args = ["-hide_banner", "-nostdin", "-y", "-loglevel", "error", "-nostats", "-progress", "pipe:1"]
     for run in chunk.runs:
         ri = run_input(info, timeline, run)
-        args += _source_input_args(info, max_pixels)
+        args += _source_input_args(info, max_pixels, (info.video.codec,))
         args += ["-an", "-sn", "-dn"]
         if ri.seek_us is not None:
             args += ["-ss", f"{ri.seek_us / 1_000_000:.6f}"]

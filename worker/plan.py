@@ -7,9 +7,11 @@ units (frames for video, samples for audio) that the graph builder turns into
 Why cumulative placement: snapping each segment's length on its own lets the
 rounding error of every segment add up, so after hundreds of cuts the picture
 drifts against the plan. Instead every boundary is placed on the *output*
-timeline at ``round(planned_cumulative_time * rate)``, so no output frame is
-ever more than half a frame away from where the plan puts it, whatever the
-number of segments. Audio boundaries are derived from the same output frame
+timeline at ``round(planned_cumulative_time * rate)``, and inside a piece output
+frame k shows the source frame nearest the plan's source time for k (one
+rounding per piece, see :func:`build_timeline`), so no output frame is ever more
+than half a frame away from where the plan puts it, whatever the number of
+segments. Audio boundaries are derived from the same output frame
 boundaries (``round(frames * sample_rate / fps)``, cumulative), so audio and
 video lengths agree per segment to one sample and cannot drift apart either;
 the graph keeps the two streams' pieces apart so that nothing (``concat``'s
@@ -269,19 +271,26 @@ def build_timeline(
 
     # Planned time is accumulated exactly (as Fractions of the float inputs), so
     # the boundary of segment 1000 is as exact as the boundary of segment 1.
+    #
+    # One rounding (the half-frame rule): inside segment j the plan maps output
+    # time t to source time start_j + (t - T_j), T_j being the planned time kept
+    # before it. Output frame k therefore shows source frame
+    # round(k + (start_j - origin - T_j) * rate): the offset between output and
+    # source frames is rounded once per piece. Rounding the piece's source start
+    # and its output start separately (round(a) - round(b) instead of
+    # round(a - b)) put whole pieces one frame off the plan.
     spans: list[tuple[int, int]] = []  # (src start unit, length in units)
     planned = Fraction(0)
     out_prev = 0
     for seg in segments:
         start = Fraction(seg.start)
+        offset = _round((start - origin - planned) * rate)
         planned += Fraction(seg.end) - start
         out_next = _round(planned * rate)
-        src = min(max(_round((start - origin) * rate), first_unit), end_unit)
+        src = min(max(out_prev + offset, first_unit), end_unit)
         if spans and src < spans[-1][0] + spans[-1][1]:
-            # The previous piece took one frame more than its span (its end was
-            # rounded up on the output timeline): start after it, so no source
-            # frame is shown twice. This never moves a frame further from the
-            # plan than the previous piece already was.
+            # Only reachable when an earlier piece was cut short at the source's end (or its start was
+            # clamped): the offsets themselves never decrease, so no source frame is shown twice.
             src = min(spans[-1][0] + spans[-1][1], end_unit)
         length = min(out_next - out_prev, end_unit - src)
         if length > 0:

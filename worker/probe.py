@@ -9,6 +9,13 @@ The probe is also the first line of defence against untrusted uploads:
 * only an allowlist of decoders may run (``codec_whitelist``), and every decoder
   refuses frames over the pixel limit (``max_pixels``): a stream whose first
   frame is 16x16 and whose next one is 16000x16000 cannot make us allocate it;
+* the allowlist applies to the streams a render decodes: once the probe has
+  chosen the video and audio stream, every later open (the probe's own, and
+  ffmpeg's) allows exactly their two decoders. Every other stream (cover art of
+  any codec, subtitles, data tracks such as ``tmcd`` or GoPro's GPMF, mkv font
+  attachments, further video or audio tracks) is listed in
+  :attr:`SourceInfo.ignored` with the reason, is never handed to a decoder, and
+  never refuses a file;
 * the probe's own work is bounded: bytes and time read to find the streams
   (``probesize``, ``analyzeduration``), the number of streams, and a wall-clock
   budget for the whole probe, so a crafted file cannot make it spin;
@@ -65,6 +72,13 @@ ALLOWED_DEMUXERS: tuple[str, ...] = (
     "aac",
     "flac",
     "ogg",
+    # What GarageBand, Logic and Audacity export; AVCHD camcorders (.mts/.m2ts) and broadcast or stream
+    # recorders (.ts); screen recorders; phone voice recorders (raw AMR; AMR in 3gp opens with "mov").
+    "aiff",
+    "caf",
+    "mpegts",
+    "avi",
+    "amr",
 )
 FORMAT_WHITELIST = ",".join(ALLOWED_DEMUXERS)
 PROTOCOL_WHITELIST = "file"
@@ -86,6 +100,7 @@ ALLOWED_DECODERS: tuple[str, ...] = (
     "av1",
     "mpeg4",
     "prores",
+    "dnxhd",  # DNxHD and DNxHR in mov: Resolve and Avid exports
     "mjpeg",
     # audio
     "aac",
@@ -113,8 +128,17 @@ ALLOWED_DECODERS: tuple[str, ...] = (
     "pcm_s8",
     "pcm_alaw",
     "pcm_mulaw",
+    "pcm_bluray",  # LPCM in AVCHD's m2ts
+    "amrnb",  # phone voice recorders (3gp, .amr)
+    "amrwb",
 )
 CODEC_WHITELIST = ",".join(ALLOWED_DECODERS)
+# Decoders of still pictures. Cover art is never decoded, so the probe's first open (which opens a decoder for
+# every stream it can, to learn the streams' parameters) leaves these out; a video stream that really is
+# MJPEG (an old camera's AVI) gets its decoder in the opens after it has been chosen.
+STILL_IMAGE_DECODERS: tuple[str, ...] = ("mjpeg",)
+# Cover art an m4a or mp3 output can carry (MP4 ``covr`` and ID3 APIC), by decoder name: copied, not decoded.
+COVER_CODECS: tuple[str, ...] = ("mjpeg", "png")
 
 # Bounds on what opening a file may read before the streams are known
 # (ffmpeg's find_stream_info): bytes, and microseconds of media. These are
@@ -137,12 +161,17 @@ MAX_AUDIO_CHANNELS = 8
 AUDIO_RATE_RANGE = (8_000, 384_000)
 
 
-def decoder_options(max_pixels: int) -> dict[str, str]:
-    """AVCodecContext options every decoder of a tenant's source is opened with."""
-    return {"codec_whitelist": CODEC_WHITELIST, "max_pixels": str(max_pixels)}
+def decoder_options(max_pixels: int, decoders: tuple[str, ...] = ALLOWED_DECODERS) -> dict[str, str]:
+    """AVCodecContext options every decoder of a tenant's source is opened with.
+
+    ``decoders``: the decoders allowed; once the streams are chosen, only theirs (:attr:`SourceInfo.decoders`).
+    """
+    allowed = [d for d in decoders if d in ALLOWED_DECODERS]
+    # An empty whitelist would mean "no restriction" to ffmpeg; a name no decoder has allows none.
+    return {"codec_whitelist": ",".join(allowed) or "none", "max_pixels": str(max_pixels)}
 
 
-def input_options(max_pixels: int) -> dict[str, str]:
+def input_options(max_pixels: int, decoders: tuple[str, ...] = ALLOWED_DECODERS) -> dict[str, str]:
     """Every option an input is opened with, by ffmpeg option name (probe and render alike)."""
     return {
         "protocol_whitelist": PROTOCOL_WHITELIST,
@@ -150,7 +179,7 @@ def input_options(max_pixels: int) -> dict[str, str]:
         "probesize": str(PROBESIZE),
         "analyzeduration": str(ANALYZEDURATION_US),
         "max_streams": str(MAX_STREAMS),
-        **decoder_options(max_pixels),
+        **decoder_options(max_pixels, decoders),
     }
 
 
@@ -253,6 +282,24 @@ class AudioInfo:
 
 
 @dataclasses.dataclass(frozen=True)
+class IgnoredStream:
+    """A stream the render does not use, and why: it is never decoded and never refuses the file."""
+
+    index: int
+    type: str  # PyAV's stream type: "video", "audio", "subtitle", "data", "attachment", ...
+    codec: str | None  # the codec's name (ffmpeg's codec descriptor), where the container names one
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class CoverInfo:
+    """The source's cover art (an attached picture), copied into m4a and mp3 outputs packet for packet."""
+
+    index: int
+    codec: str  # "mjpeg" or "png" (:data:`COVER_CODECS`), or another, which outputs drop with a note
+
+
+@dataclasses.dataclass(frozen=True)
 class SourceInfo:
     path: str
     format_name: str  # the demuxer that opened it, e.g. "mov,mp4,m4a,3gp,3g2,mj2"
@@ -263,6 +310,13 @@ class SourceInfo:
     video: VideoInfo | None
     audio: AudioInfo | None
     audio_stream_count: int
+    ignored: tuple[IgnoredStream, ...] = ()
+    cover: CoverInfo | None = None
+
+    @property
+    def decoders(self) -> tuple[str, ...]:
+        """The decoders a render of this source runs: those of the chosen video and audio stream, no other."""
+        return tuple(dict.fromkeys(s.codec for s in (self.video, self.audio) if s is not None))
 
     def to_dict(self) -> dict[str, Any]:
         def conv(v: Any) -> Any:
@@ -271,6 +325,7 @@ class SourceInfo:
             return v
 
         out = dataclasses.asdict(self)
+        out["ignored"] = [dataclasses.asdict(s) for s in self.ignored]
         for key in ("video", "audio"):
             if out[key] is not None:
                 out[key] = {k: conv(v) for k, v in out[key].items()}
@@ -287,6 +342,48 @@ class SourceInfo:
 
 def _unreadable(path: str, why: str) -> SourceError:
     return SourceError(f"{Path(path).name}: {why}", code=ErrorCode.SOURCE_UNREADABLE)
+
+
+def _codec_name(stream: Any) -> str | None:
+    """The codec a stream holds, by the container's word (no decoder is opened for it)."""
+    try:
+        name = stream.codec_context.name if stream.codec_context is not None else None
+    except (AttributeError, ValueError, av.error.FFmpegError):
+        name = None
+    return str(name)[:32] if name else None
+
+
+def _ignored_streams(
+    container: Any, v_index: int | None, a_index: int | None
+) -> tuple[tuple[IgnoredStream, ...], CoverInfo | None]:
+    """Every stream but the chosen video and audio, with why it is left alone; and the cover art, if any."""
+    ignored: list[IgnoredStream] = []
+    cover: CoverInfo | None = None
+    for stream in container.streams:
+        if stream.index in (v_index, a_index):
+            continue
+        kind = str(stream.type)
+        codec = _codec_name(stream)
+        if kind == "video" and stream.disposition & av.stream.Disposition.attached_pic:
+            reason = "attached picture (cover art): copied into m4a and mp3 outputs, never decoded"
+            if cover is None:
+                cover = CoverInfo(stream.index, codec or "unknown")
+            else:
+                reason = "another attached picture: only the first is kept"
+        elif kind == "video":
+            reason = "another video stream: the first one is rendered"
+        elif kind == "audio":
+            reason = "another audio stream: the default one is rendered"
+        elif kind == "subtitle":
+            reason = "subtitles: a cut would put them out of place"
+        elif kind == "data":
+            reason = "data track (timecode, sensor or app metadata)"
+        elif kind == "attachment":
+            reason = "attachment (fonts or files in the container)"
+        else:
+            reason = "a stream of a kind no output carries"
+        ignored.append(IgnoredStream(stream.index, kind, codec, reason))
+    return tuple(ignored), cover
 
 
 def _demuxer_name(format_name: str) -> str:
@@ -326,7 +423,7 @@ def _check_time(path: str, deadline: float) -> None:
         raise _unreadable(path, "probing took too long (the file is damaged or crafted)")
 
 
-def _prepare_decoder(container: Any, stream: Any, max_pixels: int) -> None:
+def _prepare_decoder(container: Any, stream: Any, max_pixels: int, decoders: tuple[str, ...]) -> None:
     """Refuse a stream whose decoder or declared size is not allowed; bound the decoder."""
     ctx = stream.codec_context
     if ctx is None:
@@ -337,20 +434,20 @@ def _prepare_decoder(container: Any, stream: Any, max_pixels: int) -> None:
         # Checked before opening: avcodec_open2 itself refuses such a size,
         # with an EINVAL that would not say why.
         raise _too_large(container.name, ctx.width, ctx.height, max_pixels)
-    ctx.options = decoder_options(max_pixels)
+    ctx.options = decoder_options(max_pixels, decoders)
     # One frame is decoded: frame threads would only multiply per-thread
     # tables, whose size follows the stream's declared dimensions.
     ctx.thread_count = 1
 
 
-def _first_frame(container: Any, stream: Any, max_pixels: int, deadline: float) -> Any:
+def _first_frame(container: Any, stream: Any, max_pixels: int, deadline: float, decoders: tuple[str, ...]) -> Any:
     """Decode until one frame of ``stream`` comes out, or raise SourceError.
 
     ``container`` must be freshly opened: reading from the very first packet
     (never seeking to 0) keeps packets with negative timestamps, such as
     Opus's pre-skip in WebM, which decide where the first sample really is.
     """
-    _prepare_decoder(container, stream, max_pixels)
+    _prepare_decoder(container, stream, max_pixels, decoders)
     try:
         for packet in container.demux(stream):
             _check_time(container.name, deadline)
@@ -484,6 +581,10 @@ def probe(
         raise _unreadable(spath, "the file is empty")
     opens = 0
 
+    # The first open, which finds the streams, may open any allowed decoder but a still picture's; every
+    # later one only the chosen streams' decoders.
+    decoders = tuple(d for d in ALLOWED_DECODERS if d not in STILL_IMAGE_DECODERS)
+
     def open_source() -> Any:
         # ``options`` reach the demuxer and the decoders find_stream_info opens;
         # the timeout interrupts any single open or read that runs past the budget.
@@ -492,7 +593,7 @@ def probe(
         nonlocal opens
         opens += 1
         try:
-            return av.open(spath, options=input_options(max_pixels), timeout=(budget_s, budget_s))
+            return av.open(spath, options=input_options(max_pixels, decoders), timeout=(budget_s, budget_s))
         except av.error.FFmpegError as exc:
             _check_time(spath, deadline)  # an open cut short by the budget says so
             why = "not a media file of an allowed container format" if opens == 1 else "cannot be read again"
@@ -513,6 +614,9 @@ def probe(
         a_index = astream.index if astream is not None else None
         audio_stream_count = len(container.streams.audio)
         bit_rate = container.bit_rate or None
+        ignored, cover = _ignored_streams(container, v_index, a_index)
+        chosen = [container.streams[i] for i in (v_index, a_index) if i is not None]
+        decoders = tuple(s.codec_context.name for s in chosen if s.codec_context is not None)
         ends = _stream_ends(container, deadline)
     if v_index is None and a_index is None:
         raise _unreadable(spath, "no video or audio stream")
@@ -530,7 +634,7 @@ def probe(
     if v_index is not None:
         with open_source() as container:
             vs = container.streams[v_index]
-            frame = _first_frame(container, vs, max_pixels, deadline)
+            frame = _first_frame(container, vs, max_pixels, deadline, decoders)
             # (+ 0.0 turns the -0.0 of "0 - 0.0" into 0.0 for the JSON the CLI prints)
             v_start = (float(frame.pts * vs.time_base) if frame.pts is not None else 0.0) - c_start + 0.0
         with open_source() as container:
@@ -567,7 +671,7 @@ def probe(
     if a_index is not None:
         with open_source() as container:
             astream = container.streams[a_index]
-            aframe = _first_frame(container, astream, max_pixels, deadline)
+            aframe = _first_frame(container, astream, max_pixels, deadline, decoders)
             a_start = (float(aframe.pts * astream.time_base) if aframe.pts is not None else 0.0) - c_start + 0.0
             layout = aframe.layout.name if aframe.layout is not None else ""
             sample_rate = aframe.sample_rate or astream.codec_context.sample_rate
@@ -600,4 +704,6 @@ def probe(
         video=video,
         audio=audio,
         audio_stream_count=audio_stream_count,
+        ignored=ignored,
+        cover=cover,
     )

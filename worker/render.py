@@ -19,7 +19,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from worker import ffmpeg
+from worker import cover, ffmpeg
 from worker.chunks import (
     PREROLL_S,
     SEEK_GAP_S,
@@ -41,6 +41,7 @@ from worker.graph import (
     chunk_ffmpeg_args,
     decide,
     ffmpeg_args,
+    render_decoders,
 )
 from worker.output import OutputSpec
 from worker.plan import Segment, Timeline, build_timeline, clamp_to_source
@@ -112,6 +113,8 @@ class RenderResult:
     pieces: int
     wall_s: float
     nvenc_fallback: str | None  # why NVENC was abandoned mid-job, if it was
+    # What the render left out of the source, and why (cover art in a codec the output cannot carry).
+    notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -228,13 +231,23 @@ def verify_output(path: Path, plan: Plan, has_video: bool) -> None:
         )
 
 
-def command_for(plan: Plan, preset: Preset, graph_file: str, output_file: str) -> list[str]:
+def command_for(
+    plan: Plan, preset: Preset, graph_file: str, output_file: str, cover_file: str | None = None
+) -> list[str]:
     return ffmpeg_args(
-        plan.info, preset, plan.encode, graph_file, output_file, max_pixels=plan.limits.max_source_pixels
+        plan.info,
+        preset,
+        plan.encode,
+        graph_file,
+        output_file,
+        max_pixels=plan.limits.max_source_pixels,
+        cover_file=cover_file,
     )
 
 
-def _result(plan: Plan, preset: Preset, out_path: Path, started: float, fallback: str | None) -> RenderResult:
+def _result(
+    plan: Plan, preset: Preset, out_path: Path, started: float, fallback: str | None, notes: tuple[str, ...] = ()
+) -> RenderResult:
     """What a finished render (whole or chunked) reports about the file now at ``out_path``."""
     return RenderResult(
         path=str(out_path),
@@ -250,6 +263,7 @@ def _result(plan: Plan, preset: Preset, out_path: Path, started: float, fallback
         pieces=len(plan.timeline.pieces),
         wall_s=time.monotonic() - started,
         nvenc_fallback=fallback,
+        notes=notes,
     )
 
 
@@ -286,20 +300,26 @@ def render(
     order = variant_order(preset_cpu.has_video, nvenc or NvencStatus(False, "not needed", 0.0))
 
     with tempfile.TemporaryDirectory(prefix="render-", dir=settings.work_dir or None) as tmp:
+        # Audio-only outputs keep the source's artwork (copied, not decoded: worker/cover.py).
+        art = cover.Cover(None)
+        if not preset_cpu.has_video:
+            art = cover.prepare(plan.info, Path(tmp), max_pixels=plan.limits.max_source_pixels)
 
         def attempt(variant: str) -> None:
             preset = load_preset(spec.format, variant)
             graph_file = Path(tmp) / f"graph-{variant}.txt"
             graph_file.write_text(plan.graph(preset), encoding="utf-8")
             partial = ffmpeg.temp_output_path(out_path, "." + preset.extension)
+            cover_file = str(art.path) if art.path is not None else None
             try:
                 ffmpeg.run(
-                    command_for(plan, preset, str(graph_file), str(partial)),
+                    command_for(plan, preset, str(graph_file), str(partial), cover_file),
                     ffmpeg=ffmpeg_bin,
                     expected_duration_s=plan.timeline.duration,
                     on_progress=on_progress,
                     cancel=cancel,
                     deadline=deadline,
+                    decoders=render_decoders(plan.info, preset),
                 )
                 verify_output(partial, plan, preset.has_video)
                 os.replace(partial, out_path)
@@ -309,7 +329,7 @@ def render(
         variant, fallback = encode_with_fallback(order, attempt)
     preset = load_preset(spec.format, variant)
 
-    return _result(plan, preset, out_path, started, fallback)
+    return _result(plan, preset, out_path, started, fallback, (art.note,) if art.note else ())
 
 
 # --- Chunked renders (worker/chunks.py) ---------------------------------------------------------------------
@@ -438,6 +458,7 @@ def render_chunk(
             on_progress=on_progress,
             cancel=cancel,
             deadline=deadline,
+            decoders=(plan.info.video.codec,) if plan.info.video is not None else (),
         )
         if chunk.preroll:
             _drop_preroll(encoded, partial, chunk, chunks.rate)
@@ -484,6 +505,7 @@ def render_audio(
             on_progress=on_progress,
             cancel=cancel,
             deadline=deadline,
+            decoders=(plan.info.audio.codec,) if plan.info.audio is not None else (),
         )
         verify_output(partial, plan, has_video=False)
         os.replace(partial, out_path)
