@@ -96,6 +96,7 @@ def _read_packet(source: str, index: int, max_pixels: int) -> bytes | None:
 def _write_side_file(path: Path, data: bytes, codec: str, size: tuple[int, int]) -> None:
     with av.open(str(path), "w", format="mov") as out:
         stream = out.add_stream(codec, rate=1)
+        assert isinstance(stream, av.VideoStream)
         stream.width, stream.height = size
         stream.pix_fmt = "rgb24" if codec == "png" else "yuvj420p"
         packet = av.Packet(data)

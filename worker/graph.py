@@ -603,7 +603,7 @@ def chunk_ffmpeg_args(
     (``worker.render.render_chunk``) every piece starts with an IDR frame in a closed GOP.
     """
     tiers = tiers or load_tiers()
-    assert preset.video_codec is not None
+    assert preset.video_codec is not None and info.video is not None
     args = ["-hide_banner", "-nostdin", "-y", "-loglevel", "error", "-nostats", "-progress", "pipe:1"]
     for run in chunk.runs:
         ri = run_input(info, timeline, run)
