@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import subprocess
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -103,3 +105,57 @@ def test_an_ffmpeg_older_than_7_is_refused_naming_its_version(tmp_path: Any, lin
 def test_a_missing_ffmpeg_is_refused(tmp_path: Any) -> None:
     with pytest.raises(ConfigError, match="does not run"):
         ffmpeg.check_binary(str(tmp_path / "no-ffmpeg"))
+
+
+def test_ffmpeg_runs_with_a_minimal_environment(media, tmp_path, monkeypatch) -> None:
+    """ffmpeg parses tenant media: its environment has no credential, no Redis password, no RENDER_* setting.
+
+    Read from /proc/<pid>/environ of the ffmpeg a real render starts (cfr30 is 200 s: it is still running).
+    """
+    from farm import ffmpeg_children
+
+    from worker.output import OutputSpec
+    from worker.render import render
+    from worker.settings import Settings
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t-key-value")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")
+    monkeypatch.setenv("RENDER_REDIS_URL", "redis://:redis-password@127.0.0.1:6379/0")
+    monkeypatch.setenv("LC_ALL", "C.UTF-8")
+    monkeypatch.setenv("NVIDIA_VISIBLE_DEVICES", "all")
+    cancel = threading.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            render(media["cfr30"], None, OutputSpec("mp4"), tmp_path / "o.mp4", settings=Settings(nvenc="off"),
+                   cancel=cancel)  # fmt: skip
+        except BaseException as exc:  # noqa: BLE001 - the cancel ends it; anything else fails below
+            errors.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    try:
+        environ = None
+        for _ in range(400):
+            children = ffmpeg_children(os.getpid())
+            if children:
+                proc = Path(f"/proc/{children[0]}")
+                with contextlib.suppress(OSError):
+                    # Only once ffmpeg has really been exec'd: between fork and exec the child is still a copy
+                    # of this process, environment included.
+                    if b"-/filter_complex" in (proc / "cmdline").read_bytes():
+                        environ = (proc / "environ").read_bytes()
+                if environ:
+                    break
+            time.sleep(0.025)
+    finally:
+        cancel.set()
+        t.join(30)
+    assert environ, "no running ffmpeg was seen"
+    names = {item.split(b"=", 1)[0].decode() for item in environ.split(b"\0") if item}
+    assert b"s3cr3t-key-value" not in environ and b"redis-password" not in environ and b"AKIAEXAMPLE" not in environ
+    assert not {n for n in names if n.startswith(("AWS_", "RENDER_"))}
+    assert names <= set(ffmpeg.CHILD_ENV_NAMES) | {n for n in names if n.startswith(ffmpeg.CHILD_ENV_PREFIXES)}
+    assert {"PATH", "LC_ALL", "NVIDIA_VISIBLE_DEVICES"} <= names
+    assert len(errors) == 1 and isinstance(errors[0], Cancelled)

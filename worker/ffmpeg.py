@@ -26,7 +26,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -95,6 +95,19 @@ def source_fault(line: str, decoders: Collection[str] | None = None) -> SourceEr
                 continue
             return SourceError(template.format(**m.groupdict()), code=code)
     return None
+
+
+# What a child process (ffmpeg parses tenant media) may inherit: a path, a home, the locale, a temp dir, and
+# what the NVIDIA runtime needs to reach the GPU. Everything else (AWS_* credentials, RENDER_REDIS_URL with its
+# password, RENDER_* settings) stays in the worker.
+CHILD_ENV_NAMES = frozenset({"PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIBRARY_PATH"})
+CHILD_ENV_PREFIXES = ("LC_", "CUDA_", "NVIDIA_")
+
+
+def child_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The minimal environment every child process is started with (see :data:`CHILD_ENV_NAMES`)."""
+    env = os.environ if environ is None else environ
+    return {k: v for k, v in env.items() if k in CHILD_ENV_NAMES or k.startswith(CHILD_ENV_PREFIXES)}
 
 
 @functools.cache
@@ -197,6 +210,7 @@ def run(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=cwd,
+            env=child_env(),
             start_new_session=True,  # a terminal's Ctrl-C goes to us, and we decide
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
@@ -246,7 +260,9 @@ def run_quick(
     """A short ffmpeg run (probes): returns (exit status, stderr, or stdout if asked); -1 on timeout."""
     argv = [resolve_ffmpeg(ffmpeg), *args]
     try:
-        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout_s, check=False)
+        done = subprocess.run(
+            argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout_s, check=False, env=child_env()
+        )
     except subprocess.TimeoutExpired:
         return -1, f"timed out after {timeout_s} s"
     except OSError as exc:
