@@ -663,3 +663,32 @@ def test_a_memory_download_stopped_before_it_starts_writes_nothing(tmp_path: Pat
     with pytest.raises(TransferStopped):
         storage.fetch("s3://media/a.mp4", tmp_path / "a.mp4", stop=stop)
     assert not (tmp_path / "a.mp4").exists()
+
+
+@pytest.mark.services
+def test_a_trickling_download_is_stopped_at_its_deadline_and_retried_a_bounded_number_of_times(
+    proxied: tuple[Backend, FaultProxy, list[float]], tmp_path: Path
+) -> None:
+    """Every attempt has a total deadline: a store that answers each ranged GET slowly never holds the job."""
+    backend, proxy, _ = proxied
+    uri = backend.seed("slow.mp4", os.urandom(6 * PART))
+    proxy.delay_s = 0.4  # each part arrives, slowly: no read timeout ever fires
+    dest = tmp_path / "dl" / "slow.mp4"
+    started = time.monotonic()
+    with pytest.raises(StorageError, match="did not finish within") as info:
+        backend.storage.fetch(uri, dest, deadline_s=0.5)
+    assert info.value.transient
+    assert time.monotonic() - started < 3 * (0.5 + 0.4 * 2) + 5  # bounded: the attempts, each cut at its deadline
+    assert not dest.exists() and list(dest.parent.iterdir()) == []
+    proxy.delay_s = 0
+    assert backend.storage.fetch(uri, dest, deadline_s=60) == 6 * PART
+
+
+def test_a_memory_download_past_its_deadline_is_transient_and_bounded(tmp_path: Path) -> None:
+    storage = MemoryStorage(output_bucket="out", attempts=3, base_delay_s=0, max_delay_s=0)
+    storage.seed("s3://media/a.mp4", b"abc")
+    storage.slow_fetch(5.0)
+    with pytest.raises(StorageError, match="did not finish within 0 s"):
+        storage.fetch("s3://media/a.mp4", tmp_path / "a.mp4", deadline_s=0.2)
+    assert storage.calls["fetch"] == 3  # the storage's attempts, no more
+    assert not (tmp_path / "a.mp4").exists()

@@ -42,7 +42,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import current_millis, dq_name
 from dramatiq.middleware import CurrentMessage, Middleware
 
-from worker import pipeline, webhooks
+from worker import pipeline, scratch, webhooks
 from worker.errors import Cancelled, RenderError
 from worker.jobs import Webhook
 from worker.records import RedisRecordStore
@@ -169,6 +169,20 @@ def _retry_when(max_retries: int) -> Any:
     return retry_when
 
 
+class ScratchJanitor(Middleware):
+    """At boot, before this process takes a job: remove the scratch that dead worker processes left behind.
+
+    A worker killed with SIGKILL (or OOM) leaves its render's directory, ffmpeg's graph directory and a whole
+    source copy on the host's disk; nothing else would ever remove them (see :mod:`worker.scratch`).
+    """
+
+    def __init__(self, work_dir: str) -> None:
+        self.work_dir = work_dir
+
+    def before_worker_boot(self, broker: Any, worker: Any) -> None:
+        scratch.clean_dead(self.work_dir)
+
+
 def build_broker(s: Settings) -> RedisBroker:
     broker = RedisBroker(
         url=s.redis_url,
@@ -176,6 +190,7 @@ def build_broker(s: Settings) -> RedisBroker:
         maintenance_chance=s.broker_maintenance_chance,
     )
     broker.add_middleware(CurrentMessage())
+    broker.add_middleware(ScratchJanitor(s.work_dir))
     broker.add_middleware(GracefulShutdown(s.shutdown_timeout_s))
     queues = [s.queue, dq_name(s.queue), s.webhook_queue, dq_name(s.webhook_queue)]
     broker.add_middleware(RequeueSweep(queues, s.broker_sweep_interval_s))

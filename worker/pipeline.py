@@ -40,13 +40,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
-import fcntl
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 import threading
 import time
 import uuid
@@ -71,9 +67,10 @@ from worker.output import OUTPUT_FORMATS, OutputSpec
 from worker.presets import load_preset
 from worker.records import RecordStore
 from worker.render import RenderResult, render
+from worker.scratch import Scratch
 from worker.settings import Settings
 from worker.source_cache import SourceCache
-from worker.storage.base import Storage, output_key
+from worker.storage.base import Storage, fetch_deadline_s, output_key
 
 log = logging.getLogger(__name__)
 
@@ -192,56 +189,7 @@ def _ext_of(uri: str) -> str:
     return suffix if suffix[1:].isalnum() and len(suffix) <= 6 else ".bin"
 
 
-#: A kept scratch directory (a retry that never came back to this host) is removed after this long.
-SCRATCH_MAX_AGE_S = 24 * 3600
 _RENDERED = "rendered.json"
-
-
-class Scratch:
-    """``<work_dir>/job-<render_id>``: one render's source and output, kept across retries on this host.
-
-    Held under an exclusive ``flock`` while a delivery uses it. A second delivery of the same render on the
-    same host (only possible while a lease is being lost) gets a private directory instead, so neither can
-    delete the other's files. ``keep`` decides, when the delivery ends, whether the directory outlives it.
-    """
-
-    def __init__(self, work_dir: str, render_id: str) -> None:
-        self.root = Path(work_dir or tempfile.gettempdir())
-        self.shared = self.root / f"job-{render_id}"
-        self.path = self.shared
-        self.keep = False
-        self._lock: int | None = None
-
-    def __enter__(self) -> Scratch:
-        _prune(self.root)
-        self.shared.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.shared / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            self.path = Path(tempfile.mkdtemp(prefix=f"{self.shared.name}-", dir=self.root))
-            return self
-        self._lock = fd
-        os.utime(self.shared)  # fresh: not pruned while it may be reused
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if not (self.keep and self._lock is not None):
-            shutil.rmtree(self.path, ignore_errors=True)
-        if self._lock is not None:
-            os.close(self._lock)
-            self._lock = None
-
-
-def _prune(root: Path) -> None:
-    """Remove scratch directories of renders that never came back here (another worker finished them)."""
-    cutoff = time.time() - SCRATCH_MAX_AGE_S
-    with contextlib.suppress(OSError):
-        for entry in root.glob("job-*"):
-            with contextlib.suppress(OSError):
-                if (entry / ".lock").exists() and entry.stat().st_mtime < cutoff:
-                    shutil.rmtree(entry, ignore_errors=True)
 
 
 def _fingerprint(job: Job) -> str:
@@ -1155,6 +1103,9 @@ def _fetch_source(
     """
     uri, limit = job.source_uri, deps.settings.max_source_bytes
     stat = deps.storage.stat(uri)
+    if stat.size == 0:
+        # Known from the HEAD: nothing to download (a GET of an empty object can hang on some stores).
+        raise SourceError("the source is empty (0 bytes)", code=ErrorCode.SOURCE_UNREADABLE)
     if stat.size > limit:
         raise SourceError(f"source is {stat.size} bytes, over the limit of {limit}", code=ErrorCode.SOURCE_TOO_LARGE)
     if pinned is not None and stat.version != pinned:
@@ -1165,7 +1116,7 @@ def _fetch_source(
 
     def download(dest: Path) -> None:
         try:
-            deps.storage.fetch(uri, dest, stop=watch.stop)
+            deps.storage.fetch(uri, dest, stop=watch.stop, deadline_s=fetch_deadline_s(stat.size))
         except TransferStopped:
             watch.raise_if_stopped()  # says why: cancelled, shut down, or another part failed the render
             raise

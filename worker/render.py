@@ -11,7 +11,6 @@ import dataclasses
 import logging
 import math
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -19,7 +18,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from worker import cover, ffmpeg
+from worker import cover, ffmpeg, scratch
 from worker.chunks import (
     PREROLL_S,
     SEEK_GAP_S,
@@ -299,7 +298,7 @@ def render(
         nvenc = nvenc_status(settings.nvenc, ffmpeg_path=ffmpeg_bin, timeout_s=settings.nvenc_probe_timeout_s)
     order = variant_order(preset_cpu.has_video, nvenc or NvencStatus(False, "not needed", 0.0))
 
-    with tempfile.TemporaryDirectory(prefix="render-", dir=settings.work_dir or None) as tmp:
+    with scratch.temp_dir("render", settings.work_dir) as tmp:
         # Audio-only outputs keep the source's artwork (copied, not decoded: worker/cover.py).
         art = cover.Cover(None)
         if not preset_cpu.has_video:
@@ -641,7 +640,7 @@ def render_chunked(
 
         return report
 
-    with tempfile.TemporaryDirectory(prefix="render-chunks-", dir=settings.work_dir or None) as tmp:
+    with scratch.temp_dir("render-chunks", settings.work_dir) as tmp:
         names = [Path(tmp) / piece_name(c.index) for c in cplan.chunks]
         audio = Path(tmp) / "audio.m4a"
         with concurrent.futures.ThreadPoolExecutor(max_workers=len(names) + 1) as pool:

@@ -26,6 +26,8 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from worker.scratch import claim
+
 log = logging.getLogger(__name__)
 
 _DIR_PREFIX = "sources-"
@@ -80,6 +82,7 @@ class SourceCache:
                 assert path is not None
                 try:
                     self.dir.mkdir(parents=True, exist_ok=True)
+                    claim(self.dir)
                     download(path)
                 except BaseException:
                     with self._lock:

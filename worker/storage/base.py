@@ -35,7 +35,7 @@ from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from worker.errors import ErrorCode, InvalidJob, RenderError, SourceError, StorageError, excerpt
+from worker.errors import ErrorCode, InvalidJob, RenderError, SourceError, StorageError, TransferStopped, excerpt
 from worker.settings import URL_EXPIRY_RANGE
 
 log = logging.getLogger(__name__)
@@ -226,6 +226,47 @@ def with_retries(
     ) from last
 
 
+#: A download is given this long plus its size at :data:`MIN_FETCH_BPS` before it counts as stalled.
+FETCH_BASE_S = 60.0
+#: The slowest transfer rate a healthy link to the store keeps up (8 Mbit/s); far below any datacenter's.
+MIN_FETCH_BPS = 1_000_000
+
+
+def fetch_deadline_s(size: int) -> float:
+    """The wall-clock time one download attempt of ``size`` bytes may take."""
+    return FETCH_BASE_S + size / MIN_FETCH_BPS
+
+
+class _AttemptDeadline:
+    """A stop event for one attempt: set by the caller's ``stop`` or when ``seconds`` have passed."""
+
+    def __init__(self, outer: threading.Event | None, seconds: float) -> None:
+        self.stop = threading.Event()
+        self.expired = False
+        self._outer = outer
+        self._until = time.monotonic() + seconds
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fetch-deadline", daemon=True)
+
+    def __enter__(self) -> _AttemptDeadline:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._done.wait(0.05):
+            if self._outer is not None and self._outer.is_set():
+                self.stop.set()
+                return
+            if time.monotonic() >= self._until:
+                self.expired = True
+                self.stop.set()
+                return
+
+
 @dataclasses.dataclass(frozen=True)
 class SourceStat:
     """What a HEAD of a source says: its size, and a version that changes whenever its bytes do.
@@ -272,17 +313,36 @@ class Storage(abc.ABC):
 
     # -- public interface ---------------------------------------------------------------
 
-    def fetch(self, uri: str, dest: Path, *, stop: threading.Event | None = None) -> int:
+    def fetch(
+        self, uri: str, dest: Path, *, stop: threading.Event | None = None, deadline_s: float | None = None
+    ) -> int:
         """Download the source at ``uri`` to ``dest`` (parents created); returns its size in bytes.
 
         Setting ``stop`` ends a download part-way with :class:`TransferStopped` and nothing at ``dest``: a
-        cancel or shutdown need not wait for gigabytes to arrive.
+        cancel or shutdown need not wait for gigabytes to arrive. ``deadline_s`` bounds each attempt's wall
+        time (:func:`fetch_deadline_s`): a transfer that stalls or trickles is stopped there and retried as a
+        transient :class:`StorageError`, within the storage's bounded attempts.
         """
         src = self._source(uri)
         dest.parent.mkdir(parents=True, exist_ok=True)
         if src.path is not None:
             return self._fetch_file(src.path, dest)
-        return self._retry(f"fetch {src}", lambda: self._fetch_object(src.bucket, src.key, dest, stop))
+
+        def attempt() -> int:
+            if deadline_s is None:
+                return self._fetch_object(src.bucket, src.key, dest, stop)
+            with _AttemptDeadline(stop, deadline_s) as bounded:
+                try:
+                    return self._fetch_object(src.bucket, src.key, dest, bounded.stop)
+                except TransferStopped:
+                    if not bounded.expired:
+                        raise
+                    dest.unlink(missing_ok=True)
+                    raise StorageError(
+                        f"fetch {src}: the download did not finish within {deadline_s:.0f} s (stalled or too slow)"
+                    ) from None
+
+        return self._retry(f"fetch {src}", attempt)
 
     def size(self, uri: str) -> int:
         """Size of the source in bytes (a HEAD), so limits are enforced before downloading."""

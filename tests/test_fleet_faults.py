@@ -1,0 +1,121 @@
+"""Faults a fleet meets (issue 18), each against the real services: Redis, s3rver, render-worker processes.
+
+Every fault ends in a terminal state or a retry that leads to one, with one webhook per render, nothing partial
+in storage, and no traceback for a fault the worker knows.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from farm import Farm, alive, farm, ffmpeg_children, verified_events, wait_for
+
+from worker import scratch
+
+if TYPE_CHECKING:
+    from services import RedisServer, S3Server, WebhookReceiver
+
+LONG_CUT = [(5.0, 25.0), (40.0, 60.0)]
+
+
+@pytest.fixture
+def default_rig(redis_server: RedisServer, s3_server: S3Server, tmp_path: Path) -> Any:
+    """A farm on the documented defaults (a killed worker's message comes back only after 60 s)."""
+    with farm(redis_server, s3_server, tmp_path) as f:
+        yield f
+
+
+# -- 7. no scratch outlives a killed worker --------------------------------------------------------------------
+
+
+def _scratch(rig: Farm) -> list[str]:
+    return sorted(p.name for p in Path(rig.settings().work_dir).iterdir())
+
+
+@pytest.mark.services
+def test_a_worker_at_boot_removes_the_scratch_of_a_killed_worker_never_a_live_ones(
+    default_rig: Farm, media: dict[str, Path]
+) -> None:
+    rig = default_rig
+    work = Path(rig.settings().work_dir)
+    # A live process's scratch (this test process's), which must survive every clean-up.
+    live = scratch.temp_dir("render", work)
+    first = rig.start_worker()
+    rid = rig.enqueue(rig.upload(media["cfr30"]), "mp4", segments=LONG_CUT)
+    rig.wait_record(rid, lambda r: r["state"] == "processing" and r["progress"] > 0, timeout_s=30)
+    wait_for(lambda: any(ffmpeg_children(p) for p in first.worker_pids()), 10, "ffmpeg to run")
+    left = _scratch(rig)
+    first.kill_group()  # SIGKILL: nothing gets to clean up
+    wait_for(lambda: not any(alive(p) for p in first.worker_pids()), 10, "the worker to die")
+    # What a killed worker leaves: the render's directory (its source and partial output), ffmpeg's graph
+    # directory, and the source cache with a whole copy of the source.
+    assert any(n == f"job-{rid}" for n in left) and any(n.startswith("render-") for n in left), left
+    assert any(n.startswith("sources-") for n in left), left
+    assert set(left) <= set(_scratch(rig))
+
+    rig.start_worker()  # boots, cleans up, then waits for jobs (the killed job comes back only after 60 s)
+    assert _scratch(rig) == [Path(live.name).name]
+    assert Path(live.name, scratch.OWNER_FILE).exists()
+    live.cleanup()
+
+
+def test_clean_dead_keeps_a_live_process_and_a_kept_retry_and_sees_through_a_reused_pid(tmp_path: Path) -> None:
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        owned = tmp_path / f"render-{sleeper.pid}-abc"
+        owned.mkdir()
+        (owned / scratch.OWNER_FILE).write_text(scratch.owner_tag(sleeper.pid))
+        reused = tmp_path / f"render-{os.getpid()}-old"
+        reused.mkdir()
+        # Our pid, but another start time: the process that made it is gone, and its pid was given again.
+        (reused / scratch.OWNER_FILE).write_text(f"{os.getpid()}:1")
+        kept = tmp_path / "job-rnd_kept"  # a render's scratch kept on purpose for its retry: nobody owns it
+        kept.mkdir()
+        (kept / ".lock").touch()
+        mine_tmp = scratch.temp_dir("render", tmp_path)  # this process's, claimed
+        mine = Path(mine_tmp.name)
+        assert scratch.clean_dead(tmp_path) == [reused.name]
+        assert owned.exists() and kept.exists() and mine.exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert scratch.clean_dead(tmp_path) == [owned.name]
+    assert kept.exists() and mine.exists()
+    mine_tmp.cleanup()
+
+
+def test_a_delivery_in_progress_is_never_cleaned_even_with_its_owner_file_gone(tmp_path: Path) -> None:
+    with scratch.Scratch(str(tmp_path), "rnd_busy") as held:
+        (held.path / scratch.OWNER_FILE).write_text("999999999:1")  # as if the owner were dead
+        assert scratch.clean_dead(tmp_path) == []  # its flock says a live delivery holds it
+        assert held.path.exists()
+
+
+# -- 6. a 0-byte source ends at once ------------------------------------------------------------------------------
+
+
+@pytest.mark.services
+def test_an_empty_source_fails_at_once_without_a_download(
+    default_rig: Farm, webhook_receiver: WebhookReceiver, tmp_path: Path
+) -> None:
+    """Against s3rver with the default checksum mode: today's GET of a 0-byte object hangs to the read timeout."""
+    rig = default_rig
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    rig.start_worker()
+    started = time.monotonic()
+    rid = rig.enqueue(rig.upload(empty), "mp4", webhook=webhook_receiver)
+    rec = rig.wait_record(rid, timeout_s=30)
+    assert (rec["state"], rec["error_code"], rec["attempts"]) == ("failed", "source_unreadable", 1), rec
+    assert "empty" in rec["error_message"]
+    assert time.monotonic() - started < 20  # not the 60 s read timeout, nor minutes of retries
+    wait_for(lambda: rig.pending(rig.webhook_queue) == 0 and webhook_receiver.received, 30, "the webhook")
+    assert [e["type"] for e in verified_events(webhook_receiver)[rid]] == ["render.failed"]
+    assert rig.objects() == {} and _scratch(rig) == []
+    assert "Traceback" not in rig.logs()
