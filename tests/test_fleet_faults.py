@@ -6,10 +6,12 @@ in storage, and no traceback for a fault the worker knows.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -119,3 +121,93 @@ def test_an_empty_source_fails_at_once_without_a_download(
     assert [e["type"] for e in verified_events(webhook_receiver)[rid]] == ["render.failed"]
     assert rig.objects() == {} and _scratch(rig) == []
     assert "Traceback" not in rig.logs()
+
+
+# -- 2. disk full ----------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size_mb: int) -> Iterator[Path]:
+    """A tmpfs of ``size_mb`` at ``path``: a worker's work dir that really fills up (needs root, as CI has)."""
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(path)], capture_output=True)
+    if done.returncode != 0:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"cannot mount a tmpfs (CI runs as root): {done.stderr.decode()}")
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Write a ballast file until the disk is full; returns it."""
+    ballast = disk / "ballast"
+    fd = os.open(ballast, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for block in (1 << 20, 4096, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * block)
+    finally:
+        os.close(fd)
+    return ballast
+
+
+@pytest.fixture
+def disk_rig(redis_server: RedisServer, s3_server: S3Server, tmp_path: Path) -> Any:
+    with small_disk(tmp_path / "disk", 64) as disk, farm(redis_server, s3_server, tmp_path) as f:
+        f.configure(work_dir=disk)
+        yield f, disk
+
+
+@pytest.mark.services
+def test_a_disk_that_fills_up_during_a_render_is_retried_and_nothing_is_lost(
+    disk_rig: tuple[Farm, Path], media: dict[str, Path], webhook_receiver: WebhookReceiver
+) -> None:
+    rig, disk = disk_rig
+    # Retries that find the disk still full decline at once; enough of them, on the default backoff, to outlast
+    # the ballast.
+    rig.start_worker(max_retries=20)
+    rid = rig.enqueue(rig.upload(media["cfr30"]), "mp4", segments=LONG_CUT, webhook=webhook_receiver)
+    rig.wait_record(rid, lambda r: r["state"] == "processing" and r["progress"] > 0, timeout_s=30)
+    ballast = fill(disk)  # another tenant of the host's disk took the rest
+    released = rig.wait_record(rid, lambda r: "disk_full" in (r["error_message"] or ""), timeout_s=60)
+    assert released["state"] == "processing" or released["error_code"] == "disk_full", released
+    # The failed attempt freed its scratch, the source cache included: only the ballast is on the disk.
+    wait_for(lambda: sorted(p.name for p in disk.iterdir()) == ["ballast"], 10, "the scratch to be freed")
+    assert rig.objects() == {}  # nothing partial in storage
+    ballast.unlink()
+    done = rig.wait_record(rid, timeout_s=120)
+    assert done["state"] == "completed", done
+    assert rig.objects() == {f"renders/{rid}/{rid}.mp4": done["size_bytes"]}
+    wait_for(lambda: rig.pending(rig.webhook_queue) == 0 and webhook_receiver.received, 30, "the webhook")
+    assert [e["type"] for e in verified_events(webhook_receiver)[rid]] == ["render.completed"]
+    log = rig.logs()
+    assert "Traceback" not in log and "internal_error" not in log and "encode_failed" not in log
+
+
+@pytest.mark.services
+def test_a_worker_without_room_declines_a_job_before_fetching_and_keeps_serving(
+    redis_server: RedisServer,
+    s3_server: S3Server,
+    media: dict[str, Path],
+    webhook_receiver: WebhookReceiver,
+    tmp_path: Path,
+) -> None:
+    with small_disk(tmp_path / "disk", 4) as disk, farm(redis_server, s3_server, tmp_path) as rig:
+        rig.configure(work_dir=disk)
+        rig.start_worker(max_retries=1)
+        big = rig.enqueue(rig.upload(media["audio_wav"]), "m4a", webhook=webhook_receiver)  # 3.8 MB: x2 > 4 MB
+        rec = rig.wait_record(big, timeout_s=120)
+        assert (rec["state"], rec["error_code"], rec["attempts"]) == ("failed", "disk_full", 2), rec
+        assert "declined" in rec["error_message"]
+        assert list(disk.iterdir()) == []  # never fetched
+        small = rig.enqueue(rig.upload(media["tone_wav"]), "m4a", webhook=webhook_receiver)  # 0.96 MB: fits
+        assert rig.wait_record(small, timeout_s=60)["state"] == "completed"
+        wait_for(lambda: rig.pending(rig.webhook_queue) == 0 and len(webhook_receiver.received) >= 2, 30, "webhooks")
+        events = verified_events(webhook_receiver)
+        assert [(e["type"], e["data"]["error_code"]) for e in events[big]] == [("render.failed", "disk_full")]
+        assert [e["type"] for e in events[small]] == ["render.completed"]
+        assert "Traceback" not in rig.logs()

@@ -164,6 +164,8 @@ class RequeueSweep(Middleware):
 
 def _retry_when(max_retries: int) -> Any:
     def retry_when(retries: int, exc: BaseException) -> bool:
+        if isinstance(exc, dramatiq.Retry) and isinstance(exc.__cause__, RenderError):
+            exc = exc.__cause__  # a known fault raised quietly (_retry_quietly)
         return isinstance(exc, RenderError) and exc.transient and retries < max_retries
 
     return retry_when
@@ -352,9 +354,24 @@ def _render(message: Any) -> None:
     except (pipeline.LeaseBusy, Cancelled) as err:
         _put_back(current, err, settings)
         return
+    except RenderError as err:
+        _retry_quietly(current, err)
+        raise
     # Dramatiq has no use for a return value without a result backend (and warns
     # about one on every message), so the outcome goes to the log instead.
     log.info("render message %s: %s", current.message_id if current is not None else "?", outcome.value)
+
+
+def _retry_quietly(current: Any, err: RenderError) -> None:
+    """A known transient fault (storage, a full disk): one warning line, then a retry with backoff.
+
+    Raised as :class:`dramatiq.Retry`, which the Retries middleware retries like any exception but Dramatiq does
+    not log as an unhandled one with a traceback: the fault is the worker's to report, by its code.
+    """
+    if not err.transient or current is None:
+        return
+    log.warning("render message %s: %s; retried with backoff", current.message_id, err)
+    raise dramatiq.Retry(str(err)) from err
 
 
 def _put_back(current: Any, err: RenderError, settings: Settings) -> None:
@@ -379,6 +396,9 @@ def _render_part(body: dict[str, Any]) -> None:
     except (pipeline.LeaseBusy, Cancelled) as err:
         _put_back(current, err, settings)
         return
+    except RenderError as err:
+        _retry_quietly(current, err)
+        raise
     part = body.get("part") or ("assembly" if body.get("index") is None else f"chunk {body['index']}")
     log.info("render %s %s: %s (pid %d)", body["job"].get("render_id"), part, outcome.value, os.getpid())
 

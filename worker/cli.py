@@ -36,6 +36,7 @@ EXIT_CODES: dict[ErrorCode, int] = {
     ErrorCode.ENCODE_FAILED: 4,
     ErrorCode.STORAGE_FAILED: 5,
     ErrorCode.TIMEOUT: 6,
+    ErrorCode.DISK_FULL: 7,
     ErrorCode.INTERNAL_ERROR: 1,
 }
 

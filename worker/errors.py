@@ -12,6 +12,7 @@ Tree::
     ├── SourceError                 source_* codes       (permanent)
     ├── EncodeError                 encode_failed        (permanent; an NVENC one falls back to CPU in the job)
     ├── StorageError                storage_failed       (transient until retries run out)
+    ├── DiskFull                    disk_full            (the host's: transient, another worker with disk takes it)
     ├── RenderTimeout               timeout              (permanent)
     ├── Cancelled                   internal_error       (the job was asked to stop: shutdown; retried elsewhere)
     ├── CancelRequested             internal_error       (the render's record was cancelled: stop for good)
@@ -24,6 +25,7 @@ Tree::
 from __future__ import annotations
 
 import enum
+import errno
 import re
 from typing import Any
 
@@ -45,6 +47,7 @@ class ErrorCode(enum.StrEnum):
     ENCODE_FAILED = "encode_failed"
     STORAGE_FAILED = "storage_failed"
     TIMEOUT = "timeout"
+    DISK_FULL = "disk_full"
     INTERNAL_ERROR = "internal_error"
 
 
@@ -143,6 +146,31 @@ class EncodeError(RenderError):
 class StorageError(RenderError):
     code = ErrorCode.STORAGE_FAILED
     transient = True
+
+
+class DiskFull(RenderError):
+    """The worker's disk cannot hold the job (ENOSPC while downloading, rendering or writing, or too little free
+    space to start): the host's fault, never the job's. Transient: the scratch is freed and the job is retried,
+    by this worker once it has room or by another; ``disk_full`` is what the record says once retries run out.
+    """
+
+    code = ErrorCode.DISK_FULL
+    transient = True
+
+
+#: errno values that mean the disk (or the quota on it) is full.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def disk_full_in(exc: BaseException | None) -> OSError | None:
+    """The ENOSPC/EDQUOT ``OSError`` in ``exc`` or its causes and contexts (libraries wrap it), if there is one."""
+    seen = 0
+    while exc is not None and seen < 16:
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None
 
 
 class TransferStopped(RenderError):

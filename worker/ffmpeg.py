@@ -30,7 +30,16 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
-from worker.errors import Cancelled, ConfigError, EncodeError, ErrorCode, RenderError, RenderTimeout, SourceError
+from worker.errors import (
+    Cancelled,
+    ConfigError,
+    DiskFull,
+    EncodeError,
+    ErrorCode,
+    RenderError,
+    RenderTimeout,
+    SourceError,
+)
 
 ProgressFn = Callable[[float], None]
 POLL_S = 0.05
@@ -77,6 +86,10 @@ SOURCE_FAULTS: tuple[tuple[re.Pattern[str], ErrorCode, str], ...] = (
         "the source refers to a {name} location, which is not allowed",
     ),
 )
+
+
+# ffmpeg's words for a write that found the disk full (strerror of ENOSPC, EDQUOT): the host's fault.
+_DISK_FULL = re.compile(r"No space left on device|Disk quota exceeded")
 
 
 def source_fault(line: str, decoders: Collection[str] | None = None) -> SourceError | None:
@@ -158,7 +171,7 @@ def _pump_tail(
     stream: IO[bytes],
     tail: collections.deque[str],
     first: list[str],
-    faults: list[SourceError],
+    faults: list[RenderError],
     decoders: Collection[str] | None,
 ) -> None:
     refused: set[str] = set()
@@ -170,6 +183,8 @@ def _pump_tail(
             # every stream) is neither a fault nor the cause of anything, unless ffmpeg then really needs it.
             refused.add(m.group("name"))
             continue
+        if _DISK_FULL.search(line) and not faults:
+            faults.append(DiskFull("the worker's disk is full: ffmpeg could not write its output"))
         opening = _DECODER_FAILED.search(line)
         if opening is not None and opening.group("name") in refused and not faults:
             # A stream the render decodes turned out to need it (a file that showed the probe another codec).
@@ -202,7 +217,7 @@ def run(
     argv = [resolve_ffmpeg(ffmpeg), *args]
     tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
     first: list[str] = []
-    faults: list[SourceError] = []
+    faults: list[RenderError] = []
     try:
         proc = subprocess.Popen(
             argv,

@@ -43,6 +43,7 @@ import enum
 import hashlib
 import json
 import logging
+import shutil
 import threading
 import time
 import uuid
@@ -54,12 +55,14 @@ from urllib.parse import urlsplit
 from worker.errors import (
     Cancelled,
     CancelRequested,
+    DiskFull,
     ErrorCode,
     InvalidJob,
     RenderError,
     RenderTimeout,
     SourceError,
     TransferStopped,
+    disk_full_in,
     redact,
 )
 from worker.jobs import Job, Webhook, asset_id_of, is_id, parse_job, render_id_of, webhook_of
@@ -190,6 +193,8 @@ def _ext_of(uri: str) -> str:
 
 
 _RENDERED = "rendered.json"
+#: Free space a render needs beyond its source and output (graph files, the muxer's index, other small files).
+DISK_HEADROOM_BYTES = 1 << 20
 
 
 def _fingerprint(job: Job) -> str:
@@ -470,7 +475,14 @@ def process(
             _Watch(deps, job.render_id, cancel) as watch,
         ):
             try:
-                result = _run(job, deps, lease, watch, scratch, raw)
+                try:
+                    result = _run(job, deps, lease, watch, scratch, raw)
+                except OSError as exc:
+                    # Translated at the boundary: a full disk is the host's (retried), never a bug or the job's.
+                    full = disk_full_in(exc)
+                    if full is None:
+                        raise
+                    raise DiskFull(f"the worker's disk is full ({full.strerror})") from exc
             except Exception as exc:
                 if watch.cancelled():
                     # Whatever stopped the render (ffmpeg killed, the lease refused), the record is cancelled:
@@ -482,7 +494,8 @@ def process(
                 if isinstance(exc, RenderError):
                     # Kept only for a retry of this render, which may then skip straight to the upload.
                     retried = exc.transient and (not last_attempt or isinstance(exc, Cancelled))
-                    scratch.keep = retried and not isinstance(exc, LeaseBusy)
+                    # A full disk keeps nothing: the room goes back to this host's other work.
+                    scratch.keep = retried and not isinstance(exc, LeaseBusy | DiskFull)
                 raise
     except CancelRequested:
         _forget_source(deps, job)
@@ -499,6 +512,9 @@ def process(
     except RenderError as err:
         retry = err.transient and (not last_attempt or isinstance(err, Cancelled))
         if retry:  # the source stays in this process's cache, for the retry if it comes back here
+            if isinstance(err, DiskFull):
+                _forget_source(deps, job)  # unless the disk is full: then it goes, and the retry downloads again
+                log.warning("render %s: %s; retrying later, here or on another worker", job.render_id, err.message)
             deps.records.release(job.render_id, token, {"error_message": bounded_message(f"retrying after: {err}")})
             raise
         _forget_source(deps, job)
@@ -1115,6 +1131,16 @@ def _fetch_source(
         )
 
     def download(dest: Path) -> None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(dest.parent).free
+        # The source, and an output that may be as large (bitrates are capped to the source's), and headroom.
+        need = stat.size * (1 if job.output.is_export else 2) + DISK_HEADROOM_BYTES
+        if free < need:
+            # Declined before fetching: filling the disk would fail this render and whatever else runs here.
+            raise DiskFull(
+                f"the worker has {free} bytes free in its work dir and the render needs about {need}: "
+                "declined for a worker with room"
+            )
         try:
             deps.storage.fetch(uri, dest, stop=watch.stop, deadline_s=fetch_deadline_s(stat.size))
         except TransferStopped:

@@ -26,7 +26,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from worker.scratch import claim
+from worker.scratch import OWNER_FILE, claim
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,7 @@ class SourceCache:
         if self._path is not None:
             self._path.unlink(missing_ok=True)
             with contextlib.suppress(OSError):  # the directory too, when nothing else is in it
+                (self.dir / OWNER_FILE).unlink(missing_ok=True)
                 self.dir.rmdir()
         self._key, self._path = None, None
 

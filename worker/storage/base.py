@@ -35,7 +35,17 @@ from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from worker.errors import ErrorCode, InvalidJob, RenderError, SourceError, StorageError, TransferStopped, excerpt
+from worker.errors import (
+    DiskFull,
+    ErrorCode,
+    InvalidJob,
+    RenderError,
+    SourceError,
+    StorageError,
+    TransferStopped,
+    disk_full_in,
+    excerpt,
+)
 from worker.settings import URL_EXPIRY_RANGE
 
 log = logging.getLogger(__name__)
@@ -329,6 +339,15 @@ class Storage(abc.ABC):
             return self._fetch_file(src.path, dest)
 
         def attempt() -> int:
+            try:
+                return bounded_attempt()
+            except OSError as exc:
+                if disk_full_in(exc) is None:
+                    raise
+                dest.unlink(missing_ok=True)
+                raise DiskFull(f"fetch {src}: the worker's disk is full ({exc.strerror})") from exc
+
+        def bounded_attempt() -> int:
             if deadline_s is None:
                 return self._fetch_object(src.bucket, src.key, dest, stop)
             with _AttemptDeadline(stop, deadline_s) as bounded:

@@ -32,7 +32,16 @@ import s3transfer.exceptions
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
-from worker.errors import ConfigError, ErrorCode, RenderError, SourceError, StorageError, TransferStopped
+from worker.errors import (
+    ConfigError,
+    DiskFull,
+    ErrorCode,
+    RenderError,
+    SourceError,
+    StorageError,
+    TransferStopped,
+    disk_full_in,
+)
 from worker.settings import Settings
 from worker.storage.base import (
     DEFAULT_ATTEMPTS,
@@ -143,6 +152,9 @@ def translate(exc: BaseException, what: str, *, source: bool = False) -> RenderE
     timeouts, 5xx, throttling, and any error on our own output bucket) is a
     transient ``storage_failed``.
     """
+    full = disk_full_in(exc)
+    if full is not None:  # the download's write failed: our disk, not the store
+        return DiskFull(f"{what}: the worker's disk is full ({full.strerror})", detail=str(exc))
     if isinstance(exc, _CREDENTIAL_ERRORS):
         # The operator's to fix, not an outage: retrying cannot make credentials appear.
         return ConfigError(
