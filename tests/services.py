@@ -166,35 +166,67 @@ class RedisServer(_Process):
 
     name = "redis-server"
 
-    def __init__(self, binary: str | None = None) -> None:
+    def __init__(
+        self, binary: str | None = None, *, password: str | None = None, appendonly_dir: Path | None = None
+    ) -> None:
+        """``password``: ``requirepass``; ``appendonly_dir``: persist with AOF there (a restart keeps the data)."""
         super().__init__()
         found = binary or shutil.which("redis-server")
         if not found:
             raise ServiceMissing("redis-server is not on PATH")
         self.binary = found
+        self.password = password
+        self.appendonly_dir = appendonly_dir
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def _argv(self) -> list[str]:
-        return [
+        argv = [
             self.binary,
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",
-            "--appendonly", "no",
             "--daemonize", "no",
         ]  # fmt: skip
+        if self.appendonly_dir is not None:
+            argv += ["--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.appendonly_dir)]
+        else:
+            argv += ["--appendonly", "no"]
+        if self.password:
+            argv += ["--requirepass", self.password]
+        return argv
 
     def _ready(self) -> bool:
         with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+            if self.password:
+                sock.sendall(f"AUTH {self.password}\r\n".encode())
+                if not sock.recv(64).startswith(b"+OK"):
+                    return False
             sock.sendall(b"PING\r\n")
             return sock.recv(64).startswith(b"+PONG")
+
+    def halt(self) -> None:
+        """Stop the server (SIGTERM: with AOF it writes its data out); :meth:`resume` starts it on the same port."""
+        self._kill()
+
+    def resume(self) -> None:
+        assert self.workdir is not None and self.port
+        log_path = self.workdir / "server.log"
+        with log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                self._argv(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.workdir
+            )
+        _wait_until(self._ready, self.proc, self.name, log_path)
 
     def flush(self) -> None:
         """Empty every database (FLUSHALL), for tests that need a clean slate."""
         with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
+            if self.password:
+                sock.sendall(f"AUTH {self.password}\r\n".encode())
+                sock.recv(64)
             sock.sendall(b"FLUSHALL\r\n")
             sock.recv(64)
 

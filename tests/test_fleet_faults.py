@@ -211,3 +211,32 @@ def test_a_worker_without_room_declines_a_job_before_fetching_and_keeps_serving(
         assert [(e["type"], e["data"]["error_code"]) for e in events[big]] == [("render.failed", "disk_full")]
         assert [e["type"] for e in events[small]] == ["render.completed"]
         assert "Traceback" not in rig.logs()
+
+
+# -- 4. no secret in any log, at any level -----------------------------------------------------------------------
+
+REDIS_PASSWORD = "redis-pa55word-in-the-url"
+
+
+@pytest.mark.services
+def test_no_secret_in_any_log_line_at_debug(
+    s3_server: S3Server, media: dict[str, Path], webhook_receiver: WebhookReceiver, tmp_path: Path
+) -> None:
+    """Every logger at DEBUG (Dramatiq logs each message it receives, arguments included; botocore logs request
+    headers): no webhook secret, no Redis password, no AWS credential in the worker's output."""
+    from farm import SECRET
+    from services import RedisServer
+
+    with RedisServer(password=REDIS_PASSWORD) as redis_server, farm(redis_server, s3_server, tmp_path) as rig:
+        rig.start_worker(log_level="DEBUG")
+        ok = rig.enqueue(rig.upload(media["audio_wav"]), "m4a", segments=[(1.0, 2.0)], webhook=webhook_receiver)
+        bad = rig.enqueue(f"s3://{rig.source_bucket}/missing.mp4", "mp4", webhook=webhook_receiver)
+        assert rig.wait_record(ok)["state"] == "completed" and rig.wait_record(bad)["state"] == "failed"
+        wait_for(lambda: rig.pending(rig.webhook_queue) == 0 and len(webhook_receiver.received) >= 2, 30, "webhooks")
+        log = rig.logs()
+    # Every logger really logged at DEBUG: the check below is not passing on an empty log.
+    for logger in ("dramatiq.worker.WorkerThread", "botocore", "urllib3", "worker."):
+        assert f"] [{logger}" in log and "[DEBUG]" in log, logger
+    assert "Received message render(" in log  # the line that carried the secret
+    for secret in (SECRET, SECRET.removeprefix("whsec_"), REDIS_PASSWORD, s3_server.secret_key, s3_server.access_key):
+        assert secret not in log, secret[:8]

@@ -28,7 +28,6 @@ import dataclasses
 import functools
 import logging
 import os
-import re
 import sys
 import tempfile
 import threading
@@ -42,39 +41,15 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import current_millis, dq_name
 from dramatiq.middleware import CurrentMessage, Middleware
 
-from worker import pipeline, scratch, webhooks
+from worker import logsafe, pipeline, scratch, webhooks
 from worker.errors import Cancelled, RenderError
 from worker.jobs import Webhook
 from worker.records import RedisRecordStore
-from worker.settings import Settings, load
+from worker.settings import Settings, load, secret_values
 from worker.source_cache import SourceCache
 from worker.storage.s3 import S3Storage
 
 log = logging.getLogger(__name__)
-
-_SECRET = re.compile(r"whsec_[A-Za-z0-9+/=_-]*")
-
-
-class RedactSecrets(logging.Filter):
-    """Keep webhook secrets out of the logs.
-
-    Dramatiq logs a whole message, arguments included, when an actor raises
-    (``Failed to process message render({...})``), and job messages and webhook
-    deliveries carry the ``whsec_`` secret of their webhook.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        text = record.getMessage()
-        if "whsec_" in text:
-            record.msg, record.args = _SECRET.sub("whsec_<redacted>", text), None
-        return True
-
-
-def _install_log_filters() -> None:
-    for name in ("dramatiq.worker.WorkerThread", "dramatiq.worker.ConsumerThread"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, RedactSecrets) for f in logger.filters):
-            logger.addFilter(RedactSecrets())
 
 
 class GracefulShutdown(Middleware):
@@ -228,7 +203,8 @@ def setup(settings: Settings | None = None) -> RedisBroker:
         if _runtime is not None:
             return _runtime.broker
         s = settings or load()
-        _install_log_filters()
+        logsafe.install(secret_values(s))
+        logging.getLogger().setLevel(s.log_level)
         broker = build_broker(s)
         dramatiq.set_broker(broker)
         # Renders and the parts of chunked renders share the render queue and its retry policy (a chunk that

@@ -602,6 +602,8 @@ def dramatiq_argv(settings: Settings, processes: int, threads: int) -> list[str]
         settings.webhook_queue,
         "--worker-shutdown-timeout",
         str(shutdown_ms),
+        # Dramatiq's own logging set-up: DEBUG needs its -v (every logger then logs at DEBUG).
+        *(["--verbose"] if settings.log_level == "DEBUG" else []),
     ]
 
 
@@ -636,6 +638,10 @@ def run_worker(processes: int, threads: int) -> NoReturn:
     from worker import telemetry
 
     telemetry.prepare_multiprocess_dir(settings)
+    from worker import logsafe
+    from worker.settings import secret_values
+
+    logsafe.install(secret_values(settings))  # the parent's own lines (the worker processes install it in setup)
     args = dramatiq_cli.make_argument_parser().parse_args(dramatiq_argv(settings, processes, threads))
     sys.exit(dramatiq_cli.main(args))
 

@@ -316,6 +316,13 @@ SETTINGS: tuple[Setting, ...] = (
         False,
         "Deliver webhooks to loopback, private and link-local addresses (tests and on-premise only).",
     ),
+    Setting(
+        "log_level",
+        str,
+        "INFO",
+        "Level of the worker's logs (every logger: the worker's, Dramatiq's, botocore's); secrets are redacted at all.",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+    ),
     # Metrics.
     Setting("metrics_port", int, 9191, "Port the Prometheus metrics are served on (0 disables).", min=0, max=65535),
     Setting("metrics_host", str, "0.0.0.0", "Address the metrics server binds to.", check=_not_empty),
@@ -391,6 +398,7 @@ class Settings:
     webhook_min_backoff_ms: int = _BY_NAME["webhook_min_backoff_ms"].default
     webhook_max_backoff_ms: int = _BY_NAME["webhook_max_backoff_ms"].default
     webhook_allow_private: bool = _BY_NAME["webhook_allow_private"].default
+    log_level: str = _BY_NAME["log_level"].default
     metrics_port: int = _BY_NAME["metrics_port"].default
     metrics_host: str = _BY_NAME["metrics_host"].default
     metrics_dir: str = _BY_NAME["metrics_dir"].default
@@ -455,6 +463,26 @@ def unknown_names(environ: Mapping[str, str]) -> list[str]:
     """The ``RENDER_*`` variables in ``environ`` that are no setting: misspellings, most likely."""
     known = {s.env for s in SETTINGS} | NOT_SETTINGS
     return sorted(k for k in environ if k.startswith(PREFIX) and k not in known)
+
+
+#: Credentials boto3 reads from the environment (Settings never holds them).
+AWS_SECRET_NAMES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
+
+
+def secret_values(settings: Settings, environ: Mapping[str, str] | None = None) -> list[str]:
+    """The secret values this process holds, for :mod:`worker.logsafe` to redact: the Redis password (and the
+    whole Redis URL that carries it) and the AWS credentials."""
+    from urllib.parse import urlsplit
+
+    env = os.environ if environ is None else environ
+    out = [env.get(name, "") for name in AWS_SECRET_NAMES]
+    try:
+        password = urlsplit(settings.redis_url).password
+    except ValueError:
+        password = None
+    if password:
+        out += [password, settings.redis_url]
+    return [v for v in out if v]
 
 
 def load() -> Settings:
