@@ -38,6 +38,7 @@ import contextlib
 import http.client
 import os
 import shutil
+import select
 import socket
 import subprocess
 import sys
@@ -565,6 +566,7 @@ class WebhookReceiver(_HttpService):
     def __init__(self) -> None:
         self.received: list[ReceivedRequest] = []
         self.default_status = 200
+        self.location: str | None = None  # sent with a 3xx answer: where a client that follows redirects goes
         self._script: collections.deque[tuple[int, float]] = collections.deque()
         self._cond = threading.Condition()
         super().__init__(_ReceiverHandler)
@@ -608,6 +610,8 @@ class _ReceiverHandler(BaseHTTPRequestHandler):
         reply = b"ok" if 200 <= status < 300 else f"status {status}".encode()
         try:
             self.send_response(status)
+            if 300 <= status < 400 and receiver.location:
+                self.send_header("Location", receiver.location)
             self.send_header("Content-Type", "text/plain")
             self.send_header("Content-Length", str(len(reply)))
             self.end_headers()
@@ -616,6 +620,68 @@ class _ReceiverHandler(BaseHTTPRequestHandler):
             pass  # the sender gave up (timed out) while we were stalling
 
     do_GET = do_POST = do_PUT = _handle
+
+
+class DripReceiver:
+    """A webhook receiver that never finishes its reply: it reads the request, then sends its status line and
+    headers one byte every ``interval_s``, so no single read ever times out. Records each connection's
+    (opened, closed) times in :attr:`connections`."""
+
+    def __init__(self, interval_s: float = 2.0) -> None:
+        self.interval_s = interval_s
+        self.connections: list[list[float]] = []
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(16)
+        self.port = self._sock.getsockname()[1]
+        self._stop = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        record = [time.time(), 0.0]
+        self.connections.append(record)
+        reply = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 100_000
+        try:
+            with conn:
+                conn.settimeout(30)
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                for byte in reply:
+                    # Wait out the interval, but notice at once when the sender hangs up (its FIN reads as b"").
+                    readable, _, _ = select.select([conn], [], [], self.interval_s)
+                    if self._stop.is_set() or (readable and not conn.recv(4096)):
+                        return
+                    conn.sendall(bytes([byte]))
+        except OSError:
+            pass  # the sender hung up: what a deadline does
+        finally:
+            record[1] = time.time()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._sock.close()
+
+    def __enter__(self) -> DripReceiver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 # -- shared session services and fixtures ---------------------------------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from farm import Farm, alive, farm, ffmpeg_children, verified_events, wait_for
+from farm import SECRET, Farm, alive, farm, ffmpeg_children, verified_events, wait_for
 
 from worker import scratch
 
@@ -224,7 +224,6 @@ def test_no_secret_in_any_log_line_at_debug(
 ) -> None:
     """Every logger at DEBUG (Dramatiq logs each message it receives, arguments included; botocore logs request
     headers): no webhook secret, no Redis password, no AWS credential in the worker's output."""
-    from farm import SECRET
     from services import RedisServer
 
     with RedisServer(password=REDIS_PASSWORD) as redis_server, farm(redis_server, s3_server, tmp_path) as rig:
@@ -240,3 +239,73 @@ def test_no_secret_in_any_log_line_at_debug(
     assert "Received message render(" in log  # the line that carried the secret
     for secret in (SECRET, SECRET.removeprefix("whsec_"), REDIS_PASSWORD, s3_server.secret_key, s3_server.access_key):
         assert secret not in log, secret[:8]
+
+
+# -- 3. a slow webhook receiver cannot starve renders -----------------------------------------------------------
+
+
+def test_an_attempt_has_a_total_deadline_against_a_dripping_receiver() -> None:
+    from services import DripReceiver
+
+    from worker import webhooks
+
+    with DripReceiver(interval_s=0.5) as drip:
+        started = time.monotonic()
+        result = webhooks.deliver_once(drip.url, "whsec_" + "A" * 32, "msg_1", b"{}", 2.0, allow_private=True)
+        took = time.monotonic() - started
+    assert not result.delivered and result.retryable and "timeout" in result.reason
+    assert took < 3.0, took  # the attempt's whole time, though every single read was answered within 0.5 s
+
+
+def test_a_redirect_is_a_failed_attempt_and_is_never_followed(
+    webhook_receiver: WebhookReceiver, tmp_path: Path
+) -> None:
+    from services import WebhookReceiver as Receiver
+
+    from worker import webhooks
+
+    with Receiver() as elsewhere:
+        webhook_receiver.location = elsewhere.url
+        webhook_receiver.respond(302)
+        result = webhooks.deliver_once(
+            webhook_receiver.url, "whsec_" + "A" * 32, "msg_1", b"{}", 5.0, allow_private=True
+        )
+        assert not result.delivered and result.retryable and result.status == 302
+        assert elsewhere.received == []  # not followed
+
+
+@pytest.mark.services
+def test_a_dripping_receiver_holds_no_render_and_no_other_delivery(
+    default_rig: Farm, media: dict[str, Path], webhook_receiver: WebhookReceiver
+) -> None:
+    """One render thread (the deploy default), a receiver that drips a byte every 2 s: the next render and its
+    webhook go out as if nothing were wrong, and the slow delivery's claim outlives each of its attempts."""
+    from services import DripReceiver
+
+    rig = default_rig
+    timeout_s = 10.0  # RENDER_WEBHOOK_TIMEOUT_S's default
+    with DripReceiver(interval_s=2.0) as drip:
+        rig.start_worker(threads=1, webhook_timeout_s=timeout_s)  # the defaults (the farm shortens the timeout)
+        uri = rig.upload(media["audio_wav"])
+        slow = rig.message(uri, "m4a", segments=[(1.0, 2.0)])
+        slow["webhook"] = {"url": drip.url, "secret": SECRET}
+        slow_id = slow["render_id"]
+        rig.submit(slow)
+        assert rig.wait_record(slow_id)["state"] == "completed"
+        wait_for(lambda: drip.connections, 30, "the slow receiver's first attempt")
+        claim = f"render:{slow_id}:delivering:render.completed"
+        ttl_ms = rig.redis.pttl(claim)
+        assert ttl_ms > 0 and ttl_ms / 1000 >= timeout_s - (time.time() - drip.connections[0][0]), ttl_ms
+        started = time.monotonic()
+        fast = rig.enqueue(uri, "m4a", segments=[(2.0, 3.0)], webhook=webhook_receiver)
+        assert rig.wait_record(fast, timeout_s=30)["state"] == "completed"
+        webhook_receiver.wait_for(1, timeout_s=30)
+        took = time.monotonic() - started
+        assert took < timeout_s, took  # not behind the slow delivery (today: 90 s pending, 150 s no webhook)
+        wait_for(lambda: len(drip.connections) >= 2 and drip.connections[0][1], 60, "a second slow attempt")
+        first = drip.connections[0]
+        assert first[1] - first[0] < timeout_s + 2  # each attempt ended at its deadline
+        # Attempts never overlap: the claim held for the whole of each one.
+        spans = sorted((a, b or time.time()) for a, b in drip.connections)
+        assert all(b0 <= a1 for (_, b0), (a1, _) in zip(spans, spans[1:], strict=False)), spans
+    assert [e["type"] for e in verified_events(webhook_receiver)[fast]] == ["render.completed"]

@@ -42,6 +42,7 @@ from dramatiq.common import current_millis, dq_name
 from dramatiq.middleware import CurrentMessage, Middleware
 
 from worker import logsafe, pipeline, scratch, webhooks
+from worker.deliveries import DeliveryThreads
 from worker.errors import Cancelled, RenderError
 from worker.jobs import Webhook
 from worker.records import RedisRecordStore
@@ -171,6 +172,8 @@ def build_broker(s: Settings) -> RedisBroker:
     broker.add_middleware(GracefulShutdown(s.shutdown_timeout_s))
     queues = [s.queue, dq_name(s.queue), s.webhook_queue, dq_name(s.webhook_queue)]
     broker.add_middleware(RequeueSweep(queues, s.broker_sweep_interval_s))
+    # Deliveries on threads of their own; added before the telemetry, which counts the queues they consume.
+    broker.add_middleware(DeliveryThreads(s.webhook_queue, s.webhook_threads, s.webhook_timeout_s + 5))
     from worker import telemetry  # the one import point of the metrics side
 
     telemetry.install(broker, s)
@@ -395,7 +398,8 @@ def _deliver_webhook(
     # claim lapses on its own if this process dies mid-attempt; the copy that finds it taken tries again later,
     # and then finds the event delivered.
     claim_key = f"render:{render_id}:delivering:{event_type}"
-    claim_ms = int((settings.webhook_timeout_s * 3 + 5) * 1000)  # connect + read timeouts, with room to spare
+    # Outlives the attempt, whose whole time is bounded by webhook_timeout_s (webhooks.deliver_once).
+    claim_ms = int((settings.webhook_timeout_s * 2 + 5) * 1000)
     if not client.set(claim_key, msg_id, nx=True, px=claim_ms):
         raise WebhookNotDelivered(f"webhook {msg_id} is being delivered by another worker; checking again later")
     try:

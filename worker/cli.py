@@ -597,9 +597,9 @@ def dramatiq_argv(settings: Settings, processes: int, threads: int) -> list[str]
         str(processes),
         "--threads",
         str(threads),
+        # Only the render queue: webhook deliveries have threads of their own (worker/deliveries.py).
         "--queues",
         settings.queue,
-        settings.webhook_queue,
         "--worker-shutdown-timeout",
         str(shutdown_ms),
         # Dramatiq's own logging set-up: DEBUG needs its -v (every logger then logs at DEBUG).

@@ -299,8 +299,18 @@ SETTINGS: tuple[Setting, ...] = (
         max=3600,
     ),
     # Webhooks.
-    Setting("webhook_timeout_s", float, 10.0, "Time limit for one webhook delivery attempt.", min=0.1, max=300),
+    Setting(
+        "webhook_timeout_s",
+        float,
+        10.0,
+        "Time limit for one webhook delivery attempt, all of it: connect, send, the reply's headers.",
+        min=0.1,
+        max=300,
+    ),
     Setting("webhook_max_attempts", int, 8, "Delivery attempts before a webhook is given up.", min=1, max=100),
+    Setting(
+        "webhook_threads", int, 2, "Threads per worker process that deliver webhooks (never renders).", min=1, max=64
+    ),
     Setting(
         "webhook_min_backoff_ms",
         int,
@@ -395,6 +405,7 @@ class Settings:
     progress_interval_s: float = _BY_NAME["progress_interval_s"].default
     webhook_timeout_s: float = _BY_NAME["webhook_timeout_s"].default
     webhook_max_attempts: int = _BY_NAME["webhook_max_attempts"].default
+    webhook_threads: int = _BY_NAME["webhook_threads"].default
     webhook_min_backoff_ms: int = _BY_NAME["webhook_min_backoff_ms"].default
     webhook_max_backoff_ms: int = _BY_NAME["webhook_max_backoff_ms"].default
     webhook_allow_private: bool = _BY_NAME["webhook_allow_private"].default

@@ -30,8 +30,10 @@ for tests and on-premise receivers; resolution and pinning stay the same.
 
 Only the standard library is used (``http.client``): redirects are *not*
 followed (a POST silently turned into a GET would look delivered, and a
-redirect could point inside), and the timeout applies to connecting and to
-each read. The receiver's reply body is never read: a result keeps the status
+redirect could point inside; a 3xx is a failed attempt), and the timeout bounds
+the whole attempt (connect, send, the reply's status and headers), not each
+read: a receiver dripping one byte at a time cannot stretch an attempt. The
+receiver's reply body is never read: a result keeps the status
 code and a short, sanitised reason phrase only, since results are logged and
 a forged request's reply is exactly what an attacker would like to read.
 """
@@ -40,6 +42,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -49,6 +52,7 @@ import json
 import re
 import socket
 import ssl
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -346,36 +350,70 @@ def deliver_once(
                 )
 
     target = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
+    remaining = max(0.001, timeout_s - (time.monotonic() - started))
     conn: http.client.HTTPConnection
     if https:
         context = ssl_context or ssl.create_default_context()
-        conn = _CheckedHTTPSConnection(host, port, addresses, timeout_s, context)
+        conn = _CheckedHTTPSConnection(host, port, addresses, remaining, context)
     else:
-        conn = _CheckedHTTPConnection(host, port, addresses, timeout_s)
+        conn = _CheckedHTTPConnection(host, port, addresses, remaining)
+    # The whole attempt is bounded, not each socket operation: a receiver that drips its reply a byte at a
+    # time never lets one read time out. At the deadline the socket is shut down under http.client's feet.
+    watchdog = _Watchdog(conn, remaining)
     try:
         conn.request("POST", target, body=body, headers=headers)
         response = conn.getresponse()
         # Status line only: the body is never read, let alone kept.
         status, phrase = response.status, _clean(response.reason)
-    except TimeoutError:
-        return result(False, True, None, f"timeout after {timeout_s:g}s")
-    except ssl.SSLCertVerificationError as exc:
-        return result(False, True, None, f"TLS certificate not accepted: {_clean(exc.verify_message)}")
-    except ssl.SSLError as exc:
-        return result(False, True, None, f"TLS error: {_clean(exc.reason or type(exc).__name__)}")
-    except OSError as exc:
-        return result(False, True, None, f"{type(exc).__name__}: {_clean(exc.strerror or str(exc))}")
-    except http.client.HTTPException as exc:
-        # Not str(exc): BadStatusLine and friends quote what the receiver sent.
-        return result(False, True, None, f"bad HTTP response ({type(exc).__name__})")
+    except (TimeoutError, OSError, http.client.HTTPException) as exc:
+        if watchdog.fired or isinstance(exc, TimeoutError):
+            return result(False, True, None, f"timeout after {timeout_s:g}s (the attempt's whole time)")
+        return _failed_attempt(exc, result)
     finally:
+        watchdog.cancel()
         conn.close()
     reason = f"HTTP {status}" + (f" {phrase}" if phrase else "")
     if 200 <= status < 300:
         return result(True, False, status, reason)
     if status == 410:
         return result(False, False, status, reason + " (endpoint gone, giving up)")
+    # A 3xx is a failed attempt like a 5xx: never followed (see the module's notes), retried to the same URL.
     return result(False, True, status, reason)
+
+
+def _failed_attempt(
+    exc: BaseException, result: Callable[[bool, bool, int | None, str], DeliveryResult]
+) -> DeliveryResult:
+    """What a connection, TLS or protocol error says about an attempt (retryable, with a short reason)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return result(False, True, None, f"TLS certificate not accepted: {_clean(exc.verify_message)}")
+    if isinstance(exc, ssl.SSLError):
+        return result(False, True, None, f"TLS error: {_clean(exc.reason or type(exc).__name__)}")
+    if isinstance(exc, OSError):
+        return result(False, True, None, f"{type(exc).__name__}: {_clean(exc.strerror or str(exc))}")
+    # Not str(exc): BadStatusLine and friends quote what the receiver sent.
+    return result(False, True, None, f"bad HTTP response ({type(exc).__name__})")
+
+
+class _Watchdog:
+    """Shuts a connection's socket down once ``seconds`` have passed, whatever it is waiting for."""
+
+    def __init__(self, conn: http.client.HTTPConnection, seconds: float) -> None:
+        self.fired = False
+        self._conn = conn
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        self.fired = True
+        sock = self._conn.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
 
 
 def backoff_schedule(attempts: int, min_ms: int, max_ms: int) -> list[float]:

@@ -141,7 +141,11 @@ class TelemetryMiddleware(Middleware):
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         # The queues this process really consumes (after --queues filtering), without the delay/dead-letter ones:
         # RenderNoWorkerConsuming compares them with the queues that hold ready jobs.
-        self._consumed = sorted(q for q in worker.consumers if not q.endswith(_INTERNAL_SUFFIXES))
+        consumers = [*worker.consumers]
+        delivery = getattr(worker, "delivery", None)  # the webhook deliveries' own worker (worker/deliveries.py)
+        if delivery is not None:
+            consumers += [*delivery.consumers]
+        self._consumed = sorted(q for q in consumers if not q.endswith(_INTERNAL_SUFFIXES))
         gauge = get_metrics().queue_consumers
         for queue in self._consumed:
             gauge.labels(queue=queue).set(1)
