@@ -37,8 +37,8 @@ import collections
 import contextlib
 import http.client
 import os
-import shutil
 import select
+import shutil
 import socket
 import subprocess
 import sys
