@@ -431,6 +431,8 @@ class FaultProxy(_HttpService):
         self.down_status = 503
         self.delay_s = 0.0
         self.down_methods: set[str] = set()
+        #: Called with (method, path) as each request arrives, before it is handled (a test's trigger).
+        self.on_request: Callable[[str, str], None] | None = None
         self.requests: list[ProxiedRequest] = []
         self._fail: collections.deque[int] = collections.deque()
         self._drop = 0
@@ -456,6 +458,7 @@ class FaultProxy(_HttpService):
             self.down = False
             self.down_methods = set()
             self.delay_s = 0.0
+            self.on_request = None
             self.requests.clear()
 
     def count(self, method: str | None = None) -> int:
@@ -485,6 +488,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         proxy: FaultProxy = self.server.owner
         body = _read_body(self)
+        if proxy.on_request is not None:
+            proxy.on_request(self.command, self.path)
         if proxy.delay_s:
             time.sleep(proxy.delay_s)
         action, status = proxy._decide(self.command)

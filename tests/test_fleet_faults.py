@@ -10,6 +10,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from farm import SECRET, Farm, alive, farm, ffmpeg_children, verified_events, wa
 from worker import scratch
 
 if TYPE_CHECKING:
-    from services import RedisServer, S3Server, WebhookReceiver
+    from services import FaultProxy, RedisServer, S3Server, WebhookReceiver
 
 LONG_CUT = [(5.0, 25.0), (40.0, 60.0)]
 
@@ -309,3 +310,115 @@ def test_a_dripping_receiver_holds_no_render_and_no_other_delivery(
         spans = sorted((a, b or time.time()) for a, b in drip.connections)
         assert all(b0 <= a1 for (_, b0), (a1, _) in zip(spans, spans[1:], strict=False)), spans
     assert [e["type"] for e in verified_events(webhook_receiver)[fast]] == ["render.completed"]
+
+
+# -- 1. Redis away while a render completes --------------------------------------------------------------------
+
+
+def _halt_redis_at_upload(proxy: FaultProxy, redis_server: RedisServer) -> threading.Event:
+    """Stop Redis the moment the render's output upload reaches S3 (before it is forwarded)."""
+    halted = threading.Event()
+
+    def on_request(method: str, path: str) -> None:
+        if method in ("PUT", "POST") and "/renders/" in path and not halted.is_set():
+            halted.set()
+            redis_server.halt()
+
+    proxy.on_request = on_request
+    return halted
+
+
+def _uploaded(proxy: FaultProxy) -> bool:
+    return any(r.method in ("PUT", "POST") and r.outcome.startswith("forwarded 2") for r in proxy.requests)
+
+
+@pytest.mark.services
+def test_redis_away_from_the_upload_until_after_it_the_render_still_completes_once(
+    s3_server: S3Server,
+    s3_fault_proxy: FaultProxy,
+    media: dict[str, Path],
+    webhook_receiver: WebhookReceiver,
+    tmp_path: Path,
+) -> None:
+    from services import RedisServer
+
+    aof = tmp_path / "aof"
+    aof.mkdir()
+    with RedisServer(appendonly_dir=aof) as redis_server, farm(redis_server, s3_server, tmp_path) as rig:
+        rig.start_worker(s3_endpoint_url=s3_fault_proxy.url)
+        halted = _halt_redis_at_upload(s3_fault_proxy, redis_server)
+        rid = rig.enqueue(rig.upload(media["audio_wav"]), "m4a", segments=[(1.0, 4.0)], webhook=webhook_receiver)
+        wait_for(halted.is_set, 60, "the upload")
+        wait_for(lambda: _uploaded(s3_fault_proxy), 30, "the upload to finish")
+        time.sleep(5)  # Redis stays away past the upload: the worker cannot complete the record meanwhile
+        redis_server.resume()
+        rec = rig.wait_record(rid, timeout_s=60)
+        assert (rec["state"], rec["attempts"]) == ("completed", 1), rec
+        assert rig.objects() == {f"renders/{rid}/{rid}.m4a": rec["size_bytes"]}
+        wait_for(lambda: rig.pending(rig.webhook_queue) == 0 and webhook_receiver.received, 30, "the webhook")
+        time.sleep(1)
+        assert [e["type"] for e in verified_events(webhook_receiver)[rid]] == ["render.completed"]
+        assert rig.pending() == 0 and rig.dead() == []
+        log = rig.logs()
+        assert "record store is unavailable" in log and "Traceback" not in log.split("completing it again")[-1]
+
+
+@pytest.mark.services
+def test_a_worker_killed_while_redis_is_away_is_completed_from_the_stored_output_without_rendering_again(
+    s3_server: S3Server,
+    s3_fault_proxy: FaultProxy,
+    media: dict[str, Path],
+    webhook_receiver: WebhookReceiver,
+    tmp_path: Path,
+) -> None:
+    from services import RedisServer
+    from test_queue_faults import FAST_RECOVERY, counting_ffmpeg, renders_run
+
+    aof = tmp_path / "aof"
+    aof.mkdir()
+    with (
+        RedisServer(appendonly_dir=aof) as redis_server,
+        farm(redis_server, s3_server, tmp_path, **FAST_RECOVERY) as rig,
+    ):
+        first = rig.start_worker(s3_endpoint_url=s3_fault_proxy.url)
+        halted = _halt_redis_at_upload(s3_fault_proxy, redis_server)
+        rid = rig.enqueue(rig.upload(media["audio_wav"]), "m4a", segments=[(1.0, 4.0)], webhook=webhook_receiver)
+        wait_for(halted.is_set, 60, "the upload")
+        wait_for(lambda: _uploaded(s3_fault_proxy), 30, "the upload to finish")
+        first.kill_group()  # dies with the output stored and the record still processing
+        redis_server.resume()
+        wrapper, runs = counting_ffmpeg(tmp_path)
+        rig.start_worker(s3_endpoint_url=s3_fault_proxy.url, ffmpeg_path=wrapper)
+        rec = rig.wait_record(rid, timeout_s=90)
+        assert (rec["state"], rec["attempts"]) == ("completed", 2), rec
+        assert renders_run(runs) == 0  # completed from the stored object: nothing rendered again
+        assert rig.objects() == {f"renders/{rid}/{rid}.m4a": rec["size_bytes"]}
+        wait_for(lambda: rig.pending(rig.webhook_queue) == 0 and webhook_receiver.received, 30, "the webhook")
+        time.sleep(1)
+        assert [e["type"] for e in verified_events(webhook_receiver)[rid]] == ["render.completed"]
+
+
+@pytest.mark.services
+def test_redis_that_lost_its_data_is_logged_and_the_worker_moves_on(
+    s3_server: S3Server,
+    s3_fault_proxy: FaultProxy,
+    media: dict[str, Path],
+    webhook_receiver: WebhookReceiver,
+    tmp_path: Path,
+) -> None:
+    from services import RedisServer
+
+    with RedisServer() as redis_server, farm(redis_server, s3_server, tmp_path) as rig:  # no persistence
+        rig.start_worker(s3_endpoint_url=s3_fault_proxy.url)
+        halted = _halt_redis_at_upload(s3_fault_proxy, redis_server)
+        uri = rig.upload(media["audio_wav"])
+        lost = rig.enqueue(uri, "m4a", segments=[(1.0, 4.0)], webhook=webhook_receiver)
+        wait_for(halted.is_set, 60, "the upload")
+        wait_for(lambda: _uploaded(s3_fault_proxy), 30, "the upload to finish")
+        redis_server.resume()  # empty: every record, queue and lease is gone
+        wait_for(lambda: "its record is gone" in rig.logs(), 60, "the worker to notice")
+        s3_fault_proxy.on_request = None
+        after = rig.enqueue(uri, "m4a", segments=[(1.0, 2.0)], webhook=webhook_receiver)
+        assert rig.wait_record(after, timeout_s=60)["state"] == "completed"  # the worker kept serving
+        assert rig.record(lost) is None
+        assert lost in rig.logs()

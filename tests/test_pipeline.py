@@ -53,10 +53,16 @@ class Recorder:
     def __init__(self) -> None:
         self.sent: list[Sent] = []
         self.fail_with: Exception | None = None
+        self.failures = 0  # how many more calls fail with fail_with (0: every one, while it is set)
 
     def __call__(self, event_type: str, render_id: str, asset_id: str, webhook: Webhook | None, extra: Any) -> None:
         if self.fail_with is not None:
-            raise self.fail_with
+            error = self.fail_with
+            if self.failures:
+                self.failures -= 1
+                if not self.failures:
+                    self.fail_with = None
+            raise error
         self.sent.append(Sent(event_type, render_id, asset_id, webhook, dict(extra)))
 
 
@@ -243,12 +249,26 @@ def test_duplicate_of_a_completed_job_changes_nothing(deps: Deps) -> None:
     assert len(sent(deps)) == 1
 
 
+def test_an_event_the_broker_cannot_take_yet_is_handed_over_again_in_the_same_delivery(deps: Deps) -> None:
+    """The output is stored and the record completed: the event is retried in place until the broker answers."""
+    recorder = deps.send_event
+    assert isinstance(recorder, Recorder)
+    recorder.fail_with, recorder.failures = ConnectionError("broker down"), 2
+    assert process(job(), deps, last_attempt=False) is Outcome.COMPLETED
+    assert [e.event_type for e in sent(deps)] == [COMPLETED] and deps.records.event_marked("rnd_1")
+    assert process(job(), deps, last_attempt=False) is Outcome.DUPLICATE
+    assert len(sent(deps)) == 1
+
+
 def test_duplicate_of_a_finished_job_whose_event_was_lost_sends_it(deps: Deps) -> None:
+    """On shutdown (or past the time limit) the event is left to the redelivery, which sends it once."""
     recorder = deps.send_event
     assert isinstance(recorder, Recorder)
     recorder.fail_with = ConnectionError("broker down")
+    shutdown = threading.Event()
+    threading.Timer(1.0, shutdown.set).start()
     with pytest.raises(EventNotQueued) as info:  # transient: the queue redelivers
-        process(job(), deps, last_attempt=False)
+        process(job(), deps, last_attempt=False, cancel=shutdown)
     assert info.value.transient
     rec = deps.records.get("rnd_1")
     assert rec is not None and rec["state"] == "completed" and not deps.records.event_marked("rnd_1")

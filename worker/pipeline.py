@@ -204,6 +204,28 @@ def _fingerprint(job: Job) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+# Object metadata of a stored output (S3 lower-cases user metadata names): the job it is the output of, and its
+# result, so that a delivery after one that stored it but could not complete the record completes from it.
+_META_FINGERPRINT = "render-fingerprint"
+_META_RESULT = "render-result"
+
+
+def _result_metadata(fingerprint: str, result: RenderResult) -> dict[str, str]:
+    fields = {k: v for k, v in result.to_dict().items() if k not in ("path", "notes")}
+    return {_META_FINGERPRINT: fingerprint, _META_RESULT: json.dumps(fields, separators=(",", ":"))}
+
+
+def _stored_result(deps: Deps, key: str, fingerprint: str, out: Path) -> RenderResult | None:
+    """The result of this very job's output, if an earlier delivery stored it at ``key`` already."""
+    meta = deps.storage.output_metadata(key)
+    if not meta or meta.get(_META_FINGERPRINT) != fingerprint:
+        return None
+    try:
+        return RenderResult(**{**json.loads(meta[_META_RESULT]), "path": str(out)})
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
 def _rendered(scratch: Path, out: Path, fingerprint: str) -> RenderResult | None:
     """The result of an earlier attempt that rendered this job's output here, if the output is intact."""
     try:
@@ -533,18 +555,77 @@ def process(
         "encoder": result.encoder,
         "output_key": _output_key(settings, job),
     }
-    if deps.records.complete(job.render_id, token, fields):
-        wall = time.monotonic() - wall_started
-        deps.observer.finished("completed", fmt, result.encoder, wall, result.duration_s, result.source_duration_s)
-        _send(deps, COMPLETED, job.render_id, job.asset_id, job.webhook, {})
-        return Outcome.COMPLETED
-    if deps.records.state(job.render_id) == "cancelled":
-        # The cancel won the race with this completion after the upload: the cancel is what the record says,
-        # so the object it would have pointed at goes again.
-        return _cancelled(deps, job, may_have_uploaded=True)
-    # Our lease was gone by then: someone else finished it first (the same render to the same key),
-    # or holds it now and will finish it.
-    _terminal_event(deps, job.render_id, job.webhook)
+    completed = False  # by this delivery, in an earlier try of the loop whose event could not be handed over
+
+    def complete() -> Outcome:
+        nonlocal completed
+        if completed or deps.records.complete(job.render_id, token, fields):
+            if not completed:
+                completed = True
+                wall = time.monotonic() - wall_started
+                deps.observer.finished(
+                    "completed", fmt, result.encoder, wall, result.duration_s, result.source_duration_s
+                )
+            _terminal_event(deps, job.render_id, job.webhook)
+            return Outcome.COMPLETED
+        state = deps.records.state(job.render_id)
+        if state == "cancelled":
+            # The cancel won the race with this completion after the upload: the cancel is what the record
+            # says, so the object it would have pointed at goes again.
+            return _cancelled(deps, job, may_have_uploaded=True)
+        if state is None:
+            return _record_lost(job, _output_key(settings, job))
+        # Our lease was gone by then: someone else finished it first (the same render to the same key),
+        # or holds it now and will finish it.
+        _terminal_event(deps, job.render_id, job.webhook)
+        return Outcome.DUPLICATE
+
+    return _until_recorded(job.render_id, complete, wall_started + settings.time_limit_s, cancel)
+
+
+#: How long the completion of a stored render waits between tries while the record store is away, at most.
+RECORD_RETRY_MAX_S = 10.0
+
+
+def _until_recorded(
+    render_id: str, fn: Callable[[], Outcome], deadline: float, stop: threading.Event | None
+) -> Outcome:
+    """Run ``fn`` (the record's completion and its event) until the record store answers, up to ``deadline``.
+
+    The output is in storage by then: giving up at the first Redis error would leave the record processing for
+    ever (the message acknowledged, no retry queued, no webhook). Each try is idempotent (the record's guarded
+    transition, the event marked once). Past ``deadline`` (the job's time limit) or on shutdown the error
+    leaves as transient: the message is not acknowledged and comes back, and the delivery that takes it
+    completes from the stored object (:func:`_stored_result`) without rendering again.
+    """
+    delay = 0.5
+    while True:
+        try:
+            return fn()
+        except RenderError as exc:
+            if not exc.transient or time.monotonic() + delay > deadline or (stop is not None and stop.is_set()):
+                raise
+            log.warning(
+                "render %s is stored but the record store is unavailable (%s); completing it again in %.1f s",
+                render_id,
+                exc.message,
+                delay,
+            )
+        if stop is not None:
+            stop.wait(delay)
+        else:
+            time.sleep(delay)
+        delay = min(delay * 2, RECORD_RETRY_MAX_S)
+
+
+def _record_lost(job: Job, key: str) -> Outcome:
+    """The record vanished under a stored render: the record store lost its data (a Redis without persistence
+    restarted). Nothing here can rebuild it; the output stays where it was put, and the message is done."""
+    log.error(
+        "render %s: its record is gone (the record store lost its data?); the output is stored at %s; no event is sent",
+        job.render_id,
+        key,
+    )
     return Outcome.DUPLICATE
 
 
@@ -559,6 +640,13 @@ def _run(job: Job, deps: Deps, lease: _Lease, watch: _Watch, scratch: Scratch, r
     tmp = scratch.path
     out = tmp / f"{job.render_id}.{preset.extension}"
     fingerprint = _fingerprint(job)
+    key = output_key(settings.output_prefix, job.render_id, preset.extension)
+    if REUSE_OUTPUT:
+        stored = _stored_result(deps, key, fingerprint, out)
+        if stored is not None:
+            # An earlier delivery uploaded it and could not complete the record (Redis away, a crash).
+            log.info("render %s: its output is stored already (%d bytes); completing", job.render_id, stored.size_bytes)
+            return stored
     result = _rendered(tmp, out, fingerprint) if REUSE_OUTPUT else None
     if result is not None:
         log.info(
@@ -596,9 +684,8 @@ def _run(job: Job, deps: Deps, lease: _Lease, watch: _Watch, scratch: Scratch, r
     watch.raise_if_stopped()
     if lease.lost.is_set():
         raise LeaseBusy(f"lost the lease on {job.render_id} while rendering")
-    key = output_key(settings.output_prefix, job.render_id, preset.extension)
     t0 = time.monotonic()
-    deps.storage.put(out, key, preset.content_type)
+    deps.storage.put(out, key, preset.content_type, _result_metadata(fingerprint, result))
     deps.observer.uploaded(result.size_bytes, time.monotonic() - t0)
     return result
 
@@ -1074,21 +1161,32 @@ def _assemble_part(
         "output_key": key,
         "chunks": count,
     }
-    if not deps.records.complete(job.render_id, record_token, fields):
-        if deps.records.state(job.render_id) == "cancelled":
-            with contextlib.suppress(RenderError):
-                deps.storage.delete(key)
-            _delete_pieces(deps, job.render_id, count)
+    completed = False
+
+    def complete() -> Outcome:
+        nonlocal completed
+        if not completed and not deps.records.complete(job.render_id, record_token, fields):
+            state = deps.records.state(job.render_id)
+            if state == "cancelled":
+                with contextlib.suppress(RenderError):
+                    deps.storage.delete(key)
+                _delete_pieces(deps, job.render_id, count)
+                _terminal_event(deps, job.render_id, job.webhook)
+                return Outcome.CANCELLED
+            if state is None:
+                return _record_lost(job, key)
             _terminal_event(deps, job.render_id, job.webhook)
-            return Outcome.CANCELLED
+            return Outcome.DUPLICATE
+        if not completed:
+            completed = True
+            fmt = job.output.format
+            wall = time.monotonic() - started
+            deps.observer.finished("completed", fmt, preset.encoder, wall, plan.timeline.duration, plan.info.duration)
+            _delete_pieces(deps, job.render_id, count)
         _terminal_event(deps, job.render_id, job.webhook)
-        return Outcome.DUPLICATE
-    fmt = job.output.format
-    wall = time.monotonic() - started
-    deps.observer.finished("completed", fmt, preset.encoder, wall, plan.timeline.duration, plan.info.duration)
-    _delete_pieces(deps, job.render_id, count)
-    _send(deps, COMPLETED, job.render_id, job.asset_id, job.webhook, {})
-    return Outcome.COMPLETED
+        return Outcome.COMPLETED
+
+    return _until_recorded(job.render_id, complete, deadline, watch.shutdown)
 
 
 def download_url(storage: Storage, record: Mapping[str, Any], expiry_s: int) -> str | None:

@@ -31,7 +31,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -375,11 +375,20 @@ class Storage(abc.ABC):
             return SourceStat(size, f"{src.path.stat().st_mtime_ns}-{size}")
         return self._retry(f"size {src}", lambda: self._stat_object(src.bucket, src.key))
 
-    def put(self, path: Path, key: str, content_type: str) -> None:
-        """Upload a local file to ``key`` in the output bucket (overwriting), with its content type."""
+    def put(self, path: Path, key: str, content_type: str, metadata: Mapping[str, str] | None = None) -> None:
+        """Upload a local file to ``key`` in the output bucket (overwriting), with its content type.
+
+        ``metadata``: short ASCII values stored with the object (S3 user metadata, 2 KB in all), read back with
+        :meth:`output_metadata`.
+        """
         if not path.is_file():
             raise RenderError(f"cannot upload {path}: not a file", code=ErrorCode.INTERNAL_ERROR)
-        self._retry(f"put {key}", lambda: self._put_object(path, key, content_type))
+        meta = dict(metadata or {})
+        self._retry(f"put {key}", lambda: self._put_object(path, key, content_type, meta))
+
+    def output_metadata(self, key: str) -> dict[str, str] | None:
+        """The metadata ``key`` was stored with (a HEAD), or None when there is no such object."""
+        return self._retry(f"head {key}", lambda: self._output_metadata(key))
 
     def presign(self, key: str, filename: str, expires_s: int) -> str:
         """A GET URL for ``key`` valid ``expires_s`` seconds, served as a download named ``filename``."""
@@ -410,7 +419,10 @@ class Storage(abc.ABC):
     def _stat_object(self, bucket: str, key: str) -> SourceStat: ...
 
     @abc.abstractmethod
-    def _put_object(self, path: Path, key: str, content_type: str) -> None: ...
+    def _put_object(self, path: Path, key: str, content_type: str, metadata: dict[str, str]) -> None: ...
+
+    @abc.abstractmethod
+    def _output_metadata(self, key: str) -> dict[str, str] | None: ...
 
     @abc.abstractmethod
     def _presign(self, key: str, filename: str, expires_s: int) -> str: ...

@@ -45,6 +45,7 @@ OPERATIONS = ("fetch", "size", "put", "exists", "delete")
 class MemoryObject:
     data: bytes
     content_type: str
+    metadata: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 class MemoryStorage(Storage):
@@ -141,11 +142,17 @@ class MemoryStorage(Storage):
             raise not_found(f"s3://{bucket}/{key}")
         return SourceStat(len(obj.data), hashlib.md5(obj.data, usedforsecurity=False).hexdigest())
 
-    def _put_object(self, path: Path, key: str, content_type: str) -> None:
+    def _put_object(self, path: Path, key: str, content_type: str, metadata: dict[str, str]) -> None:
         self._enter("put")
         data = path.read_bytes()
         with self._lock:
-            self.objects[(self.output_bucket, key)] = MemoryObject(data, content_type)
+            self.objects[(self.output_bucket, key)] = MemoryObject(data, content_type, dict(metadata))
+
+    def _output_metadata(self, key: str) -> dict[str, str] | None:
+        self._enter("exists")
+        with self._lock:
+            obj = self.objects.get((self.output_bucket, key))
+        return None if obj is None else dict(obj.metadata)
 
     def _presign(self, key: str, filename: str, expires_s: int) -> str:
         query = urllib.parse.urlencode(

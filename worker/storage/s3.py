@@ -249,17 +249,26 @@ class S3Storage(Storage):
         version = str(head.get("ETag") or f"{head.get('LastModified')}-{head['ContentLength']}").strip('"')
         return SourceStat(int(head["ContentLength"]), version)
 
-    def _put_object(self, path: Path, key: str, content_type: str) -> None:
+    def _put_object(self, path: Path, key: str, content_type: str, metadata: dict[str, str]) -> None:
+        extra: dict[str, Any] = {"ContentType": content_type}
+        if metadata:
+            extra["Metadata"] = metadata
         try:
-            self.client.upload_file(
-                str(path),
-                self.output_bucket,
-                key,
-                ExtraArgs={"ContentType": content_type},
-                Config=self.transfer_config,
-            )
+            self.client.upload_file(str(path), self.output_bucket, key, ExtraArgs=extra, Config=self.transfer_config)
         except _BOTO_ERRORS as exc:
             raise translate(exc, f"upload to s3://{self.output_bucket}/{key}") from exc
+
+    def _output_metadata(self, key: str) -> dict[str, str] | None:
+        try:
+            head = self.client.head_object(Bucket=self.output_bucket, Key=key)
+        except botocore.exceptions.ClientError as exc:
+            code, status = _describe(exc)
+            if status == 404 or code in {"404", "NoSuchKey", "NotFound"}:
+                return None
+            raise translate(exc, f"head s3://{self.output_bucket}/{key}") from exc
+        except _BOTO_ERRORS as exc:
+            raise translate(exc, f"head s3://{self.output_bucket}/{key}") from exc
+        return {str(k): str(v) for k, v in (head.get("Metadata") or {}).items()}
 
     def _presign(self, key: str, filename: str, expires_s: int) -> str:
         try:
