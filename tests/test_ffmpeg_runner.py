@@ -116,7 +116,7 @@ def test_ffmpeg_runs_with_a_minimal_environment(media, tmp_path, monkeypatch) ->
 
     from worker.output import OutputSpec
     from worker.render import render
-    from worker.settings import Settings
+    from worker.settings import CHILD_ENV_NAMES, CHILD_ENV_PREFIXES, Settings
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t-key-value")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")
@@ -156,6 +156,6 @@ def test_ffmpeg_runs_with_a_minimal_environment(media, tmp_path, monkeypatch) ->
     names = {item.split(b"=", 1)[0].decode() for item in environ.split(b"\0") if item}
     assert b"s3cr3t-key-value" not in environ and b"redis-password" not in environ and b"AKIAEXAMPLE" not in environ
     assert not {n for n in names if n.startswith(("AWS_", "RENDER_"))}
-    assert names <= set(ffmpeg.CHILD_ENV_NAMES) | {n for n in names if n.startswith(ffmpeg.CHILD_ENV_PREFIXES)}
+    assert names <= set(CHILD_ENV_NAMES) | {n for n in names if n.startswith(CHILD_ENV_PREFIXES)}
     assert {"PATH", "LC_ALL", "NVIDIA_VISIBLE_DEVICES"} <= names
     assert len(errors) == 1 and isinstance(errors[0], Cancelled)

@@ -26,7 +26,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -40,6 +40,7 @@ from worker.errors import (
     RenderTimeout,
     SourceError,
 )
+from worker.settings import child_env
 
 ProgressFn = Callable[[float], None]
 POLL_S = 0.05
@@ -108,19 +109,6 @@ def source_fault(line: str, decoders: Collection[str] | None = None) -> SourceEr
                 continue
             return SourceError(template.format(**m.groupdict()), code=code)
     return None
-
-
-# What a child process (ffmpeg parses tenant media) may inherit: a path, a home, the locale, a temp dir, and
-# what the NVIDIA runtime needs to reach the GPU. Everything else (AWS_* credentials, RENDER_REDIS_URL with its
-# password, RENDER_* settings) stays in the worker.
-CHILD_ENV_NAMES = frozenset({"PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIBRARY_PATH"})
-CHILD_ENV_PREFIXES = ("LC_", "CUDA_", "NVIDIA_")
-
-
-def child_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The minimal environment every child process is started with (see :data:`CHILD_ENV_NAMES`)."""
-    env = os.environ if environ is None else environ
-    return {k: v for k, v in env.items() if k in CHILD_ENV_NAMES or k.startswith(CHILD_ENV_PREFIXES)}
 
 
 @functools.cache

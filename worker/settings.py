@@ -476,6 +476,19 @@ def unknown_names(environ: Mapping[str, str]) -> list[str]:
     return sorted(k for k in environ if k.startswith(PREFIX) and k not in known)
 
 
+# What a child process (ffmpeg parses tenant media) may inherit: a path, a home, the locale, a temp dir, and
+# what the NVIDIA runtime needs to reach the GPU. Everything else (AWS_* credentials, RENDER_REDIS_URL with its
+# password, RENDER_* settings) stays in the worker.
+CHILD_ENV_NAMES = frozenset({"PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIBRARY_PATH"})
+CHILD_ENV_PREFIXES = ("LC_", "CUDA_", "NVIDIA_")
+
+
+def child_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The minimal environment every child process is started with (see :data:`CHILD_ENV_NAMES`)."""
+    env = os.environ if environ is None else environ
+    return {k: v for k, v in env.items() if k in CHILD_ENV_NAMES or k.startswith(CHILD_ENV_PREFIXES)}
+
+
 #: Credentials boto3 reads from the environment (Settings never holds them).
 AWS_SECRET_NAMES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
 
