@@ -422,3 +422,21 @@ def test_redis_that_lost_its_data_is_logged_and_the_worker_moves_on(
         assert rig.wait_record(after, timeout_s=60)["state"] == "completed"  # the worker kept serving
         assert rig.record(lost) is None
         assert lost in rig.logs()
+
+
+@pytest.mark.services
+def test_a_download_that_fills_the_disk_is_disk_full_and_leaves_nothing(s3_server: S3Server, tmp_path: Path) -> None:
+    from worker.errors import DiskFull
+    from worker.storage.s3 import S3Storage
+
+    settings = s3_server.settings()
+    storage = S3Storage(settings, session=s3_server.session())
+    bucket = s3_server.create_bucket()
+    big = tmp_path / "big.mp4"
+    big.write_bytes(os.urandom(6 << 20))
+    s3_server.client().upload_file(str(big), bucket, "big.mp4")
+    with small_disk(tmp_path / "disk", 4) as disk:
+        with pytest.raises(DiskFull) as info:
+            storage.fetch(f"s3://{bucket}/big.mp4", disk / "src" / "big.mp4", deadline_s=60)
+        assert info.value.transient and info.value.code.value == "disk_full"
+        assert [p for p in disk.rglob("*") if p.is_file()] == []  # no partial file, no temporary
