@@ -125,3 +125,38 @@ def test_live_scrape_reports_exactly_what_happened(redis_server, s3_server, webh
     missing = {n for n in used if n not in s and n not in gpu_defined}
     assert not missing, f"dashboard/rules use metrics absent from a live scrape: {sorted(missing)}"
     print(json.dumps({"used": len(used), "gpu_only": sorted(used & gpu_defined)}))
+
+
+def _delayed(s) -> list[tuple[dict[str, str], float]]:
+    return s.get("dramatiq_delayed_messages_inprogress", [])
+
+
+def test_delayed_messages_in_memory_have_data_on_a_healthy_farm_and_return_to_zero(
+    redis_server, s3_server, webhook_receiver, media, tmp_path
+):
+    """The "messages delayed in memory" panel: a series per queue and actor at 0 from the start (no failure
+    needed), no pid label, and back at 0 once a delayed message went through."""
+    port = free_port()
+    with farm(redis_server, s3_server, tmp_path, metrics_port=port, queue_depth_interval_s=0.3) as f:
+        f.start_worker(processes=2)
+        wav = f.upload(media["audio_wav"])
+        rid = f.enqueue(wav, "m4a", segments=[(1.0, 2.0)], webhook=webhook_receiver)
+        assert f.wait_record(rid, timeout_s=60)["state"] == "completed"
+        wait_for(lambda: webhook_receiver.received, 30, "the webhook")
+        healthy = wait_for(lambda: (s := scrape(port)) and value(s, "render_webhook_deliveries_total") and s, 30, "")
+        series = _delayed(healthy)
+        assert {(lab["queue_name"], lab["actor_name"]) for lab, _ in series} >= {
+            (f.queue, "render"),
+            (f.webhook_queue, "deliver_webhook"),
+        }
+        assert all("pid" not in lab for lab, _ in series) and all(v == 0 for _, v in series)
+        # A delivery that fails once goes through the delay queue; afterwards every series is back at 0.
+        webhook_receiver.respond(500)
+        other = f.enqueue(wav, "m4a", segments=[(2.0, 3.0)], webhook=webhook_receiver)
+        assert f.wait_record(other, timeout_s=60)["state"] == "completed"
+        wait_for(lambda: len(webhook_receiver.received) >= 3, 30, "the retried delivery")
+        s = wait_for(lambda: (s := scrape(port)) and value(s, "render_webhook_deliveries_total") >= 3 and s, 30, "")
+        assert value(s, "dramatiq_message_retries_total", actor_name="deliver_webhook") >= 1
+        assert all("pid" not in lab for lab, _ in _delayed(s))
+        assert {lab["queue_name"] for lab, _ in _delayed(s)} <= {f.queue, f.webhook_queue}  # no ".DQ" series
+        assert all(v == 0 for _, v in _delayed(s)), _delayed(s)

@@ -71,7 +71,9 @@ class DeliveryThreads(Middleware):
         self.stop_timeout_ms = int(stop_timeout_s * 1000)
         self.worker: DeliveryWorker | None = None
 
-    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+    # Before the render worker boots (after_* hooks run in reverse order, and the telemetry's after_worker_boot
+    # must find the delivery worker's queues).
+    def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         if self.worker is not None:
             return
         self.worker = DeliveryWorker(broker, self.queue, self.threads)

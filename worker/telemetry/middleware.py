@@ -16,7 +16,9 @@ from collections.abc import Callable
 from typing import Any
 
 import dramatiq
+import prometheus_client
 from dramatiq.broker import MessageProxy
+from dramatiq.common import q_name
 from dramatiq.middleware import Middleware
 from dramatiq.middleware import prometheus as dramatiq_prometheus
 
@@ -54,6 +56,16 @@ class DramatiqMetrics(dramatiq_prometheus.Prometheus):
     def after_process_boot(self, broker: dramatiq.Broker) -> None:
         dramatiq_prometheus.DB_PATH = str(ensure_multiprocess_dir(self.settings))
         super().after_process_boot(broker)
+        # Dramatiq declares this gauge without a multiprocess mode, so every process kept a series of its own
+        # (a pid label, kept after the process died). Same name and labels, summed over live processes.
+        # Registered nowhere: in multiprocess mode the collector reads the processes' files, not a registry.
+        self.inprogress_delayed_messages = prometheus_client.Gauge(
+            "dramatiq_delayed_messages_inprogress",
+            "The number of delayed messages in memory.",
+            ["queue_name", "actor_name"],
+            registry=None,
+            multiprocess_mode="livesum",
+        )
         self.booted = True
         for actor in list(broker.actors.values()):
             self._initialise(actor)
@@ -72,6 +84,8 @@ class DramatiqMetrics(dramatiq_prometheus.Prometheus):
                 self.total_rejected_messages,
             ):
                 counter.labels(queue_name, actor.actor_name)
+        # At 0 from the start, so "delayed in memory" has data on a farm that never delayed a message.
+        self.inprogress_delayed_messages.labels(actor.queue_name, actor.actor_name).set(0)
 
     # Dramatiq's hooks use metric objects created in after_process_boot. A producer process, or a worker run
     # in-process by a test, never emits process_boot: there the hooks do nothing instead of logging a critical
@@ -82,16 +96,31 @@ class DramatiqMetrics(dramatiq_prometheus.Prometheus):
             super().after_nack(broker, message)
 
     def after_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int | None) -> None:
-        if self.booted:
-            super().after_enqueue(broker, message, delay)
+        if not self.booted:
+            return
+        if message.message_id in self.delayed_messages and "eta" not in message.options:
+            # Its delay is over: the process that held it puts it back on the queue, where any process may take
+            # it. Counted down here, by the process that counted it up.
+            self.delayed_messages.discard(message.message_id)
+            self.inprogress_delayed_messages.labels(q_name(message.queue_name), message.actor_name).dec()
+        super().after_enqueue(broker, message, delay)
+
+    # Dramatiq counts a delayed message up under the delay queue's name ("<queue>.DQ", the queue it arrives on)
+    # and down under the queue's (where it is processed), so neither series ever came back to 0. Both under the
+    # queue's canonical name here.
 
     def before_delay_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         if self.booted:
-            super().before_delay_message(broker, message)
+            self.delayed_messages.add(message.message_id)
+            self.inprogress_delayed_messages.labels(q_name(message.queue_name), message.actor_name).inc()
 
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
-        if self.booted:
-            super().before_process_message(broker, message)
+        if not self.booted:
+            return
+        if message.message_id in self.delayed_messages:
+            self.delayed_messages.discard(message.message_id)
+            self.inprogress_delayed_messages.labels(q_name(message.queue_name), message.actor_name).dec()
+        super().before_process_message(broker, message)
 
     def after_process_message(
         self,
