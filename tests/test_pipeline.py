@@ -477,3 +477,23 @@ def test_missing_credentials_fail_the_job_once_as_a_configuration_error(
     assert "credentials" in rec["error_message"] and "configuration" in rec["error_message"]
     assert renderer.runs == 0
     assert [(e.event_type, e.extra["error_code"]) for e in sent(deps)] == [(FAILED, "internal_error")]
+
+
+def test_the_download_is_named_after_the_source(deps: Deps, media: dict[str, Path]) -> None:
+    """``<source name>.cut.<ext>`` (``.full.`` without a cut), non-ASCII kept by RFC 6266's ``filename*``."""
+    import urllib.parse
+
+    assert isinstance(deps.storage, MemoryStorage)
+    uri = "s3://media/assets/ast_1/Entrevista%20%E2%80%93%20d%C3%ADa%201.wav"
+    deps.storage.seed(uri, media["audio_wav"].read_bytes())
+    assert process(job(source={"uri": uri}), deps, last_attempt=False) is Outcome.COMPLETED
+    rec = deps.records.get("rnd_1")
+    assert rec is not None and rec["download_name"] == "Entrevista – día 1.cut.m4a"
+    url = download_url(deps.storage, rec, 60)
+    assert url is not None
+    disposition = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["response-content-disposition"][0]
+    assert 'filename="Entrevista_d_a_1.cut.m4a"' in disposition
+    assert urllib.parse.unquote(disposition.split("filename*=UTF-8''")[1]) == "Entrevista – día 1.cut.m4a"
+    assert rec["output_key"].endswith("/rnd_1.m4a")  # the stored object keeps the render id's name
+    assert process(job("rnd_2", segments=None), deps, last_attempt=False) is Outcome.COMPLETED
+    assert (deps.records.get("rnd_2") or {})["download_name"] == "source.full.m4a"

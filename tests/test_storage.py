@@ -500,7 +500,9 @@ def test_presigned_url_downloads_then_expires(s3_server: S3Server, tmp_path: Pat
     url = backend.storage.presign(key, 'Quarterly "review".mp4', 1)
     with urllib.request.urlopen(url, timeout=5) as resp:
         assert resp.status == 200
-        assert resp.headers["Content-Disposition"] == 'attachment; filename="Quarterly_review_.mp4"'
+        assert resp.headers["Content-Disposition"] == (
+            "attachment; filename=\"Quarterly_review_.mp4\"; filename*=UTF-8''Quarterly%20_review_.mp4"
+        )
         assert hashlib.sha256(resp.read()).hexdigest() == digest
 
     time.sleep(2.1)  # X-Amz-Date has one-second resolution; be past it for sure
@@ -692,3 +694,18 @@ def test_a_memory_download_past_its_deadline_is_transient_and_bounded(tmp_path: 
         storage.fetch("s3://media/a.mp4", tmp_path / "a.mp4", deadline_s=0.2)
     assert storage.calls["fetch"] == 3  # the storage's attempts, no more
     assert not (tmp_path / "a.mp4").exists()
+
+
+@pytest.mark.services
+def test_a_download_keeps_a_non_ascii_name_by_rfc_6266(s3_server: S3Server, tmp_path: Path) -> None:
+    """The name a browser saves: ASCII in ``filename`` for every client, the real one in ``filename*``."""
+    backend = s3_backend(s3_server)
+    out = tmp_path / "out.mp4"
+    random_file(out, 1000)
+    key = output_key("renders", "rnd_name", "mp4")
+    backend.storage.put(out, key, "video/mp4")
+    with urllib.request.urlopen(backend.storage.presign(key, "Entrevista – día 1.cut.mp4", 60), timeout=5) as resp:
+        header = resp.headers["Content-Disposition"]
+    assert header.startswith('attachment; filename="Entrevista_d_a_1.cut.mp4"; ')
+    encoded = header.split("filename*=UTF-8''", 1)[1]
+    assert urllib.parse.unquote(encoded) == "Entrevista – día 1.cut.mp4"

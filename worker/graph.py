@@ -45,6 +45,9 @@ from worker.plan import Timeline
 from worker.presets import Preset, Tiers, load_tiers
 from worker.probe import SourceInfo, input_options
 
+#: Output options that blank the per-stream encoder tag ffmpeg writes for each encoded stream.
+#: (+bitexact on the audio encoder: ffmpeg's AAC encoder otherwise writes its version into the first frame.)
+NO_ENCODER_TAGS = ("-metadata:s:v", "encoder=", "-metadata:s:a", "encoder=", "-flags:a", "+bitexact")
 # Sample rate for a silent track added to a video output whose source has no audio.
 SILENT_RATE = 48000
 # Silence allowed past the end of the source's audio, beyond what the probe says is missing.
@@ -459,8 +462,9 @@ def ffmpeg_args(
     if cover_file is not None:
         # Copied, never decoded: the picture goes out byte for byte as MP4 covr or ID3 APIC.
         args += ["-map", "1:0", "-c:v", "copy", "-disposition:v:0", "attached_pic"]
-    # Chapters and per-stream metadata describe the uncut source; they would lie.
-    args += ["-map_metadata", "-1", "-map_chapters", "-1"]
+    # Chapters and per-stream metadata describe the uncut source; they would lie. No encoder tags either
+    # (with the presets' +bitexact): they would tell every client which libraries made the file.
+    args += ["-map_metadata", "-1", "-map_chapters", "-1", *NO_ENCODER_TAGS]
     args += ["-f", preset.muxer, *preset.muxer_args, output_file]
     return args
 

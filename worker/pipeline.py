@@ -50,7 +50,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from worker.errors import (
     Cancelled,
@@ -554,6 +554,7 @@ def process(
         "duration_s": round(result.duration_s, 6),
         "encoder": result.encoder,
         "output_key": _output_key(settings, job),
+        "download_name": download_name(job),
     }
     completed = False  # by this delivery, in an earlier try of the loop whose event could not be handed over
 
@@ -1159,6 +1160,7 @@ def _assemble_part(
         "duration_s": round(plan.timeline.duration, 6),
         "encoder": preset.encoder,
         "output_key": key,
+        "download_name": download_name(job),
         "chunks": count,
     }
     completed = False
@@ -1189,12 +1191,19 @@ def _assemble_part(
     return _until_recorded(job.render_id, complete, deadline, watch.shutdown)
 
 
+def download_name(job: Job) -> str:
+    """The name a download of the output is saved under: the source's, ``<name>.cut.<ext>`` for a cut and
+    ``<name>.full.<ext>`` for the whole source (the stored object keeps the render id's name)."""
+    stem = PurePosixPath(unquote(urlsplit(job.source_uri).path)).stem or "render"
+    return f"{stem}.{'full' if job.segments is None else 'cut'}.{_extension(job.output.format)}"
+
+
 def download_url(storage: Storage, record: Mapping[str, Any], expiry_s: int) -> str | None:
     """A freshly minted URL for a completed record (never stored: it expires)."""
     key = record.get("output_key")
     if record.get("state") != "completed" or not key:
         return None
-    return storage.presign(key, PurePosixPath(key).name, expiry_s)
+    return storage.presign(key, record.get("download_name") or PurePosixPath(key).name, expiry_s)
 
 
 def _fetch_source(

@@ -135,6 +135,8 @@ def decode_record(raw: Mapping[str, str]) -> dict[str, Any]:
             value = json.loads(value)
         out[field] = value
     out["output_key"] = raw.get("output_key") or None
+    # The name a download is saved under (pipeline.download_name); internal, like output_key.
+    out["download_name"] = raw.get("download_name") or None
     return out
 
 

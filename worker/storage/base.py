@@ -61,6 +61,8 @@ DEFAULT_MAX_DELAY_S = 8.0
 MAX_PRESIGN_EXPIRY_S = URL_EXPIRY_RANGE[1]
 
 _SAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]+")
+# Path separators, quotes, backslashes and control characters: never in a download's name, whatever the script.
+_UNSAFE_DISPLAY = re.compile(r'[\x00-\x1f\x7f"/\\]+')
 _SAFE_KEY_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # Lenient on purpose (S3-compatible stores allow more than AWS does); it only has
 # to stop URIs whose "bucket" is really userinfo, a port or garbage. Always used
@@ -190,9 +192,22 @@ def safe_filename(filename: str, default: str = "download") -> str:
     return name or default
 
 
+def display_filename(filename: str, default: str = "download") -> str:
+    """``filename`` as a user would want it saved, any script kept: no path, control or quote characters, no
+    leading dots, at most 150 characters."""
+    name = _UNSAFE_DISPLAY.sub("_", filename).strip(" ._")
+    return name[:150] or default
+
+
 def content_disposition(filename: str) -> str:
-    """``attachment; filename="<sanitised>"``: makes browsers download, not play, the output."""
-    return f'attachment; filename="{safe_filename(filename)}"'
+    """``attachment`` (browsers download, not play, the output) with the file name as RFC 6266 has it: an
+    ASCII ``filename`` every client understands, and ``filename*`` (RFC 5987, UTF-8) when the name has more."""
+    ascii_name = safe_filename(filename)
+    shown = display_filename(filename)
+    header = f'attachment; filename="{ascii_name}"'
+    if shown != ascii_name:
+        header += f"; filename*=UTF-8''{urllib.parse.quote(shown, safe='')}"
+    return header
 
 
 def with_retries(
@@ -394,7 +409,7 @@ class Storage(abc.ABC):
         """A GET URL for ``key`` valid ``expires_s`` seconds, served as a download named ``filename``."""
         if not 1 <= expires_s <= MAX_PRESIGN_EXPIRY_S:
             raise ValueError(f"expires_s must be within 1..{MAX_PRESIGN_EXPIRY_S}, got {expires_s}")
-        return self._presign(key, safe_filename(filename), expires_s)
+        return self._presign(key, filename, expires_s)
 
     def exists(self, key: str) -> bool:
         """Whether ``key`` exists in the output bucket."""
