@@ -440,3 +440,26 @@ def test_a_download_that_fills_the_disk_is_disk_full_and_leaves_nothing(s3_serve
             storage.fetch(f"s3://{bucket}/big.mp4", disk / "src" / "big.mp4", deadline_s=60)
         assert info.value.transient and info.value.code.value == "disk_full"
         assert [p for p in disk.rglob("*") if p.is_file()] == []  # no partial file, no temporary
+
+
+# -- issue 23.5: messages a client sees name the job's source, never the worker's scratch ------------------
+
+
+@pytest.mark.services
+@pytest.mark.parametrize("fmt", ["mp4", "m4a"])
+def test_an_unreadable_source_is_named_by_its_uri_not_the_scratch_file(
+    default_rig: Farm, media: dict[str, Path], webhook_receiver: WebhookReceiver, fmt: str
+) -> None:
+    rig = default_rig
+    rig.start_worker()
+    uri = rig.upload(media["corrupt"])
+    rid = rig.enqueue(uri, fmt, webhook=webhook_receiver)
+    rec = rig.wait_record(rid, timeout_s=30)
+    assert (rec["state"], rec["error_code"]) == ("failed", "source_unreadable"), rec
+    message = rec["error_message"]
+    assert message.startswith(uri + ": "), message
+    work = rig.settings().work_dir
+    assert work not in message and "/tmp" not in message and "source." not in message
+    wait_for(lambda: rig.pending(rig.webhook_queue) == 0 and webhook_receiver.received, 30, "the webhook")
+    (event,) = verified_events(webhook_receiver)[rid]
+    assert event["data"]["error_message"] == message

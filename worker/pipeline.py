@@ -43,7 +43,10 @@ import enum
 import hashlib
 import json
 import logging
+import os
+import re
 import shutil
+import tempfile
 import threading
 import time
 import uuid
@@ -170,6 +173,25 @@ def _defaults_from_raw(raw: Any) -> dict[str, Any]:
             if isinstance(fmt, str) and fmt in OUTPUT_FORMATS:
                 out["output"] = {"format": fmt}
     return out
+
+
+# The names the worker gives a downloaded source on its disk: "source.<ext>" in a render's scratch directory, a
+# digest in the source cache (worker/source_cache.py).
+_LOCAL_SOURCE_NAMES = re.compile(r"\b(?:source|[0-9a-f]{32})\.[A-Za-z0-9]{1,8}\b")
+
+
+def client_message(message: str, source_uri: str, work_dir: str) -> str:
+    """``message`` as a client may read it: the job's source where it named the worker's copy, no host path."""
+    root = os.path.realpath(work_dir or tempfile.gettempdir())
+    for base in dict.fromkeys((work_dir, root, tempfile.gettempdir())):
+        if base:
+            message = re.sub(re.escape(base.rstrip("/")) + r"/[^\s:'\"]*", source_uri, message)
+    return _LOCAL_SOURCE_NAMES.sub(source_uri, message)
+
+
+def _name_the_source(err: RenderError, job: Job, settings: Settings) -> None:
+    """Rewrite ``err``'s message (it goes to the record, the webhook and the client) with :func:`client_message`."""
+    err.message = client_message(err.message, job.source_uri, settings.work_dir)
 
 
 def bounded_message(message: str) -> str:
@@ -532,6 +554,7 @@ def process(
         # the record now, so this delivery just steps aside.
         return Outcome.DUPLICATE
     except RenderError as err:
+        _name_the_source(err, job, settings)
         retry = err.transient and (not last_attempt or isinstance(err, Cancelled))
         if retry:  # the source stays in this process's cache, for the retry if it comes back here
             if isinstance(err, DiskFull):
@@ -546,6 +569,7 @@ def process(
         log.exception("render %s failed unexpectedly", job.render_id)
         _forget_source(deps, job)
         bug = RenderError(f"unexpected error: {type(exc).__name__}: {exc}")
+        _name_the_source(bug, job, deps.settings)
         _fail(deps, job.render_id, bug, defaults, job.asset_id, job.webhook, token)
         return Outcome.FAILED
 
@@ -983,6 +1007,7 @@ def process_part(
         _terminal_event(deps, render_id, job.webhook)
         return Outcome.CANCELLED
     except RenderError as err:
+        _name_the_source(err, job, deps.settings)
         deps.records.part_release(render_id, part, token)
         if err.transient and (not last_attempt or isinstance(err, Cancelled)):
             raise
@@ -994,6 +1019,7 @@ def process_part(
         log.exception("render %s: %s failed unexpectedly", render_id, part)
         _forget_source(deps, job)
         bug = RenderError(f"unexpected error: {type(exc).__name__}: {exc}")
+        _name_the_source(bug, job, deps.settings)
         _fail(deps, render_id, bug, defaults, job.asset_id, job.webhook, record_token)
         _delete_pieces(deps, render_id, count)
         return Outcome.FAILED
