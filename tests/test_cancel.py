@@ -155,8 +155,8 @@ def test_a_cancel_that_wins_the_race_during_the_upload_deletes_the_object(deps: 
     storage = storage_of(deps)
     real_put = storage.put
 
-    def put_then_cancel(path: Path, key: str, content_type: str) -> None:
-        real_put(path, key, content_type)
+    def put_then_cancel(path: Path, key: str, content_type: str, metadata: Any = None) -> None:
+        real_put(path, key, content_type, metadata)
         assert deps.records.cancel("rnd_1", "race").changed
 
     storage.put = put_then_cancel  # type: ignore[method-assign]

@@ -22,6 +22,7 @@ from worker import render as render_module
 from worker.errors import RenderTimeout, StorageError
 from worker.pipeline import FAILED, Deps, Outcome, _part_deadline, process, process_part
 from worker.records import MemoryRecordStore
+from worker.scratch import OWNER_FILE
 from worker.settings import Settings
 from worker.source_cache import SourceCache
 from worker.storage import MemoryStorage
@@ -245,7 +246,8 @@ def cached(deps: Deps, tmp_path: Path) -> SourceCache:
 
 
 def cache_files(cache: SourceCache) -> list[Path]:
-    return sorted(cache.dir.iterdir()) if cache.dir.exists() else []
+    """The sources in the cache (not its owner file, worker/scratch.py)."""
+    return sorted(p for p in cache.dir.iterdir() if p.name != OWNER_FILE) if cache.dir.exists() else []
 
 
 def test_one_worker_downloads_the_source_once_for_all_its_parts(deps: Deps, queue: Queue, cached: SourceCache) -> None:

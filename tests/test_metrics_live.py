@@ -104,6 +104,8 @@ def test_live_scrape_reports_exactly_what_happened(redis_server, s3_server, webh
     assert value(s, "render_worker_processes") == 2
     assert value(s, "dramatiq_messages_total", actor_name="render") == 6
     assert value(s, "dramatiq_message_errors_total", actor_name="render") == 1  # the dead-lettered garbage
+    # The receiver's 500 is the tenant's: a retry in the worker's delivery metric, not a message error.
+    assert value(s, "dramatiq_message_errors_total", actor_name="deliver_webhook") == 0
     assert not any(name.startswith("render_gpu_") for name in s)  # no GPU here: absent, not zero
     # readiness inputs and the queues this host's two worker processes consume
     assert value(s, "render_redis_up") == 1 and value(s, "render_storage_up") == 1

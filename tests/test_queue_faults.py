@@ -278,4 +278,7 @@ def test_webhook_receiver_errors_are_retried_until_one_delivery_succeeds(
     events = verified_events(webhook_receiver)[rid]  # every attempt is signed afresh and verifies
     assert {e["type"] for e in events} == {"render.completed"}
     log = rig.logs()
-    assert "Failed to process message deliver_webhook(" in log and SECRET.removeprefix("whsec_") not in log
+    # A tenant's flaky receiver is a warning per attempt, with the status and the attempt number; no traceback.
+    assert "attempt 1 of 8 failed (HTTP 500" in log and "attempt 3 of 8 failed (HTTP 503" in log
+    assert "Failed to process message deliver_webhook(" not in log and "Traceback" not in log
+    assert SECRET.removeprefix("whsec_") not in log

@@ -401,7 +401,9 @@ def _deliver_webhook(
     # Outlives the attempt, whose whole time is bounded by webhook_timeout_s (webhooks.deliver_once).
     claim_ms = int((settings.webhook_timeout_s * 2 + 5) * 1000)
     if not client.set(claim_key, msg_id, nx=True, px=claim_ms):
-        raise WebhookNotDelivered(f"webhook {msg_id} is being delivered by another worker; checking again later")
+        busy = f"webhook {msg_id} is being delivered by another worker; checking again later"
+        log.info(busy)
+        raise dramatiq.Retry(busy) from WebhookNotDelivered(busy)
     try:
         if client.exists(done_key):  # delivered between the first check and the claim
             return
@@ -423,7 +425,19 @@ def _deliver_webhook(
         _observe_webhook(observer, "gave_up")
         return
     _observe_webhook(observer, "retry")
-    raise WebhookNotDelivered(f"webhook {msg_id} attempt {retries + 1} failed: {result.reason}")
+    # The tenant's receiver, not a worker fault: one warning with the status and the attempt, no traceback, no
+    # dramatiq_message_errors_total (dramatiq.Retry is retried like any error but not logged as one).
+    log.warning(
+        "webhook %s for %s: attempt %d of %d failed (%s); retried with backoff",
+        msg_id,
+        render_id,
+        retries + 1,
+        settings.webhook_max_attempts,
+        result.reason,
+    )
+    raise dramatiq.Retry(f"webhook {msg_id} attempt {retries + 1} failed: {result.reason}") from WebhookNotDelivered(
+        result.reason
+    )
 
 
 def _observe_webhook(observer: Any, outcome: str) -> None:

@@ -63,7 +63,7 @@ class DeliveryWorker(dramatiq.Worker):
 
 
 class DeliveryThreads(Middleware):
-    """Starts the delivery worker with the process's (render) worker, and stops it before that one stops."""
+    """Starts the delivery worker with the process's (render) worker, and stops it after that one stopped."""
 
     def __init__(self, queue: str, threads: int, stop_timeout_s: float) -> None:
         self.queue = queue
@@ -82,7 +82,9 @@ class DeliveryThreads(Middleware):
         worker.delivery = self.worker  # type: ignore[attr-defined]
         log.info("webhook deliveries: %d thread(s) on queue %s", self.threads, self.queue)
 
-    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        # After the render worker has stopped: the events of the renders it finished meanwhile still go out, and
+        # its shutdown is not held up (a render put back during it must not be taken again by this process).
         if self.worker is not None:
             # An attempt in flight ends within its deadline; what is still queued in memory goes back to Redis.
             self.worker.stop(timeout=self.stop_timeout_ms)

@@ -131,6 +131,11 @@ class DramatiqMetrics(dramatiq_prometheus.Prometheus):
         exception: BaseException | None = None,
     ) -> None:
         if self.booted:
+            # A known fault the worker retries quietly (dramatiq.Retry: a tenant's receiver answering 5xx, storage
+            # away) is counted by the worker's own metrics (render_webhook_deliveries_total{outcome="retry"},
+            # dramatiq_message_retries_total), not as a message error: an error is a worker fault.
+            if isinstance(exception, dramatiq.Retry):
+                exception = None
             super().after_process_message(broker, message, result=result, exception=exception)
 
     after_skip_message = after_process_message  # as in Dramatiq's class
