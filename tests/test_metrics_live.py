@@ -162,3 +162,33 @@ def test_delayed_messages_in_memory_have_data_on_a_healthy_farm_and_return_to_ze
         assert all("pid" not in lab for lab, _ in _delayed(s))
         assert {lab["queue_name"] for lab, _ in _delayed(s)} <= {f.queue, f.webhook_queue}  # no ".DQ" series
         assert all(v == 0 for _, v in _delayed(s)), _delayed(s)
+
+
+def test_the_encoder_label_and_the_record_agree(redis_server, s3_server, media, tmp_path):
+    """A job that ends before encoding counts under encoder "none" (and its record says null); a job cancelled
+    mid-encode counts under the encoder that ran, which its record names too."""
+    port = free_port()
+    with farm(redis_server, s3_server, tmp_path, metrics_port=port, queue_depth_interval_s=0.3) as f:
+        f.start_worker()
+        missing = f.enqueue(f"s3://{f.source_bucket}/nope.mp4", "mp4")
+        corrupt = f.enqueue(f.upload(media["corrupt"]), "mp4")
+        for rid in (missing, corrupt):
+            rec = f.wait_record(rid, timeout_s=60)
+            assert rec["state"] == "failed" and rec["encoder"] is None, rec
+        long = f.enqueue(f.upload(media["cfr30"]), "mp4", segments=[(5.0, 25.0), (40.0, 60.0)])
+        f.wait_record(long, lambda r: r["state"] == "processing" and r["progress"] > 0, timeout_s=60)
+        during = scrape(port)
+        assert value(during, "render_jobs_in_progress", encoder="cpu") == 1
+        assert value(during, "render_jobs_in_progress", encoder="none") == 0
+        f.cli("cancel", long, "--reason", "wrong cut")
+        rec = f.wait_record(long, timeout_s=30)
+        assert rec["state"] == "cancelled" and rec["encoder"] == "cpu", rec
+
+        def settled():
+            s = scrape(port)
+            return s if value(s, "render_jobs_total") == 3 and value(s, "render_jobs_in_progress") == 0 else None
+
+        s = wait_for(settled, 30, "the scrape to settle")
+    assert value(s, "render_jobs_total", outcome="failed", format="mp4", encoder="none") == 2
+    assert value(s, "render_jobs_total", outcome="failed", encoder="cpu") == 0
+    assert value(s, "render_jobs_total", outcome="cancelled", format="mp4", encoder="cpu") == 1

@@ -129,6 +129,9 @@ class Observer:
         self, outcome: str, fmt: str, encoder: str, wall_s: float, output_s: float, source_s: float
     ) -> None: ...
 
+    def encoding(self, encoder: str) -> None:
+        """The job started encoding with ``encoder`` (until then, and for exports, it counts under "none")."""
+
     def failed(self, code: str, fmt: str) -> None: ...
 
     def cancelled(self, fmt: str) -> None: ...
@@ -285,6 +288,15 @@ class _Lease:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+
+    def on_encoder(self, encoder: str) -> None:
+        """Encoding started: the record says with which encoder from now on, and the metrics count it there, so
+        the two agree however the render ends (a cancel mid-encode included)."""
+        self.deps.observer.encoding(encoder)
+        try:
+            self.deps.records.note(self.render_id, self.token, {"encoder": encoder})
+        except RenderError as exc:
+            log.warning("encoder note for %s failed: %s", self.render_id, exc)
 
     def on_progress(self, ratio: float) -> None:
         self.ratio = ratio
@@ -688,6 +700,8 @@ def _run(job: Job, deps: Deps, lease: _Lease, watch: _Watch, scratch: Scratch, r
             if chunkable:
                 plan, cplan = _plan(src, job, settings)
                 if len(cplan.chunks) > 1:
+                    # Its parts encode on the CPU preset: the record says so from now on, however it ends.
+                    deps.records.note(job.render_id, lease.token, {"encoder": "cpu"})
                     _dispatch_chunks(deps, raw, len(cplan.chunks), lease.token, wall_deadline, version)
                     raise _Dispatched(job.render_id)
             result = deps.renderer(
@@ -700,6 +714,7 @@ def _run(job: Job, deps: Deps, lease: _Lease, watch: _Watch, scratch: Scratch, r
                 cancel=watch.stop,
                 deadline=deadline,
                 plan=plan,  # the one made to count chunks: the source is probed once
+                on_encoder=lease.on_encoder,
             )
         # Not needed again (a retry uploads the output): the disk is the output's during the upload.
         src.unlink(missing_ok=True)
@@ -1071,6 +1086,7 @@ def _chunk_part(
         frames = cplan.chunks[index].frames
         piece = scratch.path / piece_name(index)
         log.info("render %s: rendering chunk %d of %d", job.render_id, index, count)
+        deps.observer.encoding("cpu")  # chunks use the CPU preset on every worker (see the README)
         render_chunk(
             plan,
             cplan,
@@ -1099,6 +1115,7 @@ def _audio_part(
         plan, _ = _fetch_and_plan(job, body, deps, watch, scratch, deadline, keep)
         lease.watched = True
         log.info("render %s: rendering the audio", job.render_id)
+        deps.observer.encoding("cpu")
         audio = render_audio(
             plan,
             scratch.path / AUDIO_PIECE,

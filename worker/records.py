@@ -168,6 +168,11 @@ class RecordStore(abc.ABC):
         """Record progress and renew the lease; False if another token holds it or the record is not processing."""
 
     @abc.abstractmethod
+    def note(self, render_id: str, token: str, fields: Mapping[str, Any]) -> bool:
+        """Write ``fields`` into a processing record held by ``token`` (the encoder once it is known); False if
+        the record is not processing or another token holds it."""
+
+    @abc.abstractmethod
     def complete(self, render_id: str, token: str, fields: Mapping[str, Any]) -> bool:
         """processing → completed, for the lease holder; False if terminal, not started, or leased by another."""
 
@@ -275,6 +280,15 @@ redis.call('HSET', KEYS[1], 'progress', ARGV[2])
 return 1
 """
 
+_NOTE = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'processing' then return 0 end
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[1] then return 0 end
+local fields = cjson.decode(ARGV[2])
+for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
+return 1
+"""
+
 _COMPLETE = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'processing' then return 0 end
 local holder = redis.call('GET', KEYS[2])
@@ -339,6 +353,7 @@ class RedisRecordStore(RecordStore):
         self._start = client.register_script(_START)
         self._progress = client.register_script(_PROGRESS)
         self._complete = client.register_script(_COMPLETE)
+        self._note = client.register_script(_NOTE)
         self._fail = client.register_script(_FAIL)
         self._release = client.register_script(_RELEASE)
         self._mark_event = client.register_script(_MARK_EVENT)
@@ -385,6 +400,10 @@ class RedisRecordStore(RecordStore):
     def progress(self, render_id: str, token: str, ratio: float, lease_ttl_s: float) -> bool:
         args = [token, f"{ratio:.4f}", _ms(lease_ttl_s)]
         return bool(self._call(self._progress, keys=self._keys(render_id), args=args))
+
+    def note(self, render_id: str, token: str, fields: Mapping[str, Any]) -> bool:
+        f = encode_fields(fields)
+        return bool(self._call(self._note, keys=self._keys(render_id), args=[token, json.dumps(f)]))
 
     def complete(self, render_id: str, token: str, fields: Mapping[str, Any]) -> bool:
         f = encode_fields({"completed_at": now_iso(), **fields})
@@ -534,6 +553,14 @@ class MemoryRecordStore(RecordStore):
                 return False
             self._leases[render_id] = (token, self._clock() + lease_ttl_s)
             rec["progress"] = f"{ratio:.4f}"
+            return True
+
+    def note(self, render_id: str, token: str, fields: Mapping[str, Any]) -> bool:
+        with self._lock:
+            rec = self._data.get(render_id)
+            if not rec or rec.get("state") != "processing" or self._blocked(render_id, token):
+                return False
+            rec.update(encode_fields(fields))
             return True
 
     def complete(self, render_id: str, token: str, fields: Mapping[str, Any]) -> bool:

@@ -278,8 +278,12 @@ def render(
     deadline: float | None = None,
     nvenc: NvencStatus | None = None,
     plan: Plan | None = None,
+    on_encoder: Callable[[str], None] | None = None,
 ) -> RenderResult:
     """Render ``source`` through ``segments`` into ``output``.
+
+    ``on_encoder`` is told the encoder ("cpu", "nvenc") each time an encode with it starts (a fallback from
+    NVENC to the CPU calls it again): until then the job has not encoded anything.
 
     The file appears at ``output`` only when ffmpeg succeeded; a failed or
     cancelled render leaves nothing behind. ``plan``: the plan of these very
@@ -310,6 +314,8 @@ def render(
             graph_file.write_text(plan.graph(preset), encoding="utf-8")
             partial = ffmpeg.temp_output_path(out_path, "." + preset.extension)
             cover_file = str(art.path) if art.path is not None else None
+            if on_encoder is not None:
+                on_encoder(preset.encoder)
             try:
                 ffmpeg.run(
                     command_for(plan, preset, str(graph_file), str(partial), cover_file),

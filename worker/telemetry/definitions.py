@@ -225,7 +225,7 @@ class RenderMetrics:
                     self.jobs.labels(outcome=outcome, format=fmt, encoder=encoder)
         for code in ErrorCode:
             self.failures.labels(code=code.value)
-        for encoder in ("cpu", "nvenc"):
+        for encoder in ENCODERS:
             self.in_progress.labels(encoder=encoder)
         for webhook_outcome in WEBHOOK_OUTCOMES:
             self.webhook_deliveries.labels(outcome=webhook_outcome)

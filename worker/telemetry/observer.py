@@ -15,15 +15,11 @@ else:
     # render path into the telemetry process. For mypy it subclasses the real Observer, so the signatures are checked.
     _ObserverBase = object
 
-VIDEO_FORMATS = ("mp4", "mov")
 _current_job = threading.local()
-_nvenc_known: bool | None = None  # this process's last NVENC probe result, for the in-progress label
 
 
 def set_nvenc_available(available: bool) -> None:
     """Record a real NVENC probe's result (never called with ``RENDER_NVENC=off``: the gauge stays absent)."""
-    global _nvenc_known
-    _nvenc_known = bool(available)
     get_metrics().set_nvenc_available(available)
 
 
@@ -31,14 +27,19 @@ class PipelineObserver(_ObserverBase):
     """``started`` opens a ``render_jobs_in_progress`` entry for the calling worker thread; ``finished``,
     ``failed`` and ``cancelled`` close it, and the telemetry middleware closes whatever is still open when Dramatiq
     finishes the message: the pipeline has no hook for a delivery that ends in a retry or steps aside, and a leaked
-    entry would count forever. The encoder label of a job in flight is a guess (NVENC for video when this process's
-    probe passed); the finished job is counted under the encoder that really produced the file.
+    entry would count forever. A job counts under encoder "none" until an encode starts (``encoding``), then under the
+    encoder really running, which is also what its record says; a job that ends before encoding ends under "none".
     """
 
     def started(self, fmt: str) -> None:
         close_current_job()
-        encoder = "nvenc" if fmt in VIDEO_FORMATS and _nvenc_known else "cpu"
-        _current_job.handle = InProgress(get_metrics().in_progress, encoder)
+        # "none" until an encode starts (download, probe, an export that never encodes): the README's meaning.
+        _current_job.handle = InProgress(get_metrics().in_progress, "none")
+
+    def encoding(self, encoder: str) -> None:
+        handle: InProgress | None = getattr(_current_job, "handle", None)
+        if handle is not None:
+            handle.switch(encoder)
 
     def finished(self, outcome: str, fmt: str, encoder: str, wall_s: float, output_s: float, source_s: float) -> None:
         close_current_job()
