@@ -332,6 +332,18 @@ def _uploaded(proxy: FaultProxy) -> bool:
     return any(r.method in ("PUT", "POST") and r.outcome.startswith("forwarded 2") for r in proxy.requests)
 
 
+def _stored_while_redis_is_away(
+    rig: Farm, proxy: FaultProxy, redis_server: RedisServer, source: Path, receiver: WebhookReceiver
+) -> str:
+    """Enqueue a render of ``source`` and return its id once its output is stored, with Redis stopped since the
+    upload began."""
+    halted = _halt_redis_at_upload(proxy, redis_server)
+    rid = rig.enqueue(rig.upload(source), "m4a", segments=[(1.0, 4.0)], webhook=receiver)
+    wait_for(halted.is_set, 60, "the upload")
+    wait_for(lambda: _uploaded(proxy), 30, "the upload to finish")
+    return rid
+
+
 @pytest.mark.services
 def test_redis_away_from_the_upload_until_after_it_the_render_still_completes_once(
     s3_server: S3Server,
@@ -346,10 +358,7 @@ def test_redis_away_from_the_upload_until_after_it_the_render_still_completes_on
     aof.mkdir()
     with RedisServer(appendonly_dir=aof) as redis_server, farm(redis_server, s3_server, tmp_path) as rig:
         rig.start_worker(s3_endpoint_url=s3_fault_proxy.url)
-        halted = _halt_redis_at_upload(s3_fault_proxy, redis_server)
-        rid = rig.enqueue(rig.upload(media["audio_wav"]), "m4a", segments=[(1.0, 4.0)], webhook=webhook_receiver)
-        wait_for(halted.is_set, 60, "the upload")
-        wait_for(lambda: _uploaded(s3_fault_proxy), 30, "the upload to finish")
+        rid = _stored_while_redis_is_away(rig, s3_fault_proxy, redis_server, media["audio_wav"], webhook_receiver)
         time.sleep(5)  # Redis stays away past the upload: the worker cannot complete the record meanwhile
         redis_server.resume()
         rec = rig.wait_record(rid, timeout_s=60)
@@ -381,10 +390,7 @@ def test_a_worker_killed_while_redis_is_away_is_completed_from_the_stored_output
         farm(redis_server, s3_server, tmp_path, **FAST_RECOVERY) as rig,
     ):
         first = rig.start_worker(s3_endpoint_url=s3_fault_proxy.url)
-        halted = _halt_redis_at_upload(s3_fault_proxy, redis_server)
-        rid = rig.enqueue(rig.upload(media["audio_wav"]), "m4a", segments=[(1.0, 4.0)], webhook=webhook_receiver)
-        wait_for(halted.is_set, 60, "the upload")
-        wait_for(lambda: _uploaded(s3_fault_proxy), 30, "the upload to finish")
+        rid = _stored_while_redis_is_away(rig, s3_fault_proxy, redis_server, media["audio_wav"], webhook_receiver)
         first.kill_group()  # dies with the output stored and the record still processing
         redis_server.resume()
         wrapper, runs = counting_ffmpeg(tmp_path)
@@ -410,15 +416,11 @@ def test_redis_that_lost_its_data_is_logged_and_the_worker_moves_on(
 
     with RedisServer() as redis_server, farm(redis_server, s3_server, tmp_path) as rig:  # no persistence
         rig.start_worker(s3_endpoint_url=s3_fault_proxy.url)
-        halted = _halt_redis_at_upload(s3_fault_proxy, redis_server)
-        uri = rig.upload(media["audio_wav"])
-        lost = rig.enqueue(uri, "m4a", segments=[(1.0, 4.0)], webhook=webhook_receiver)
-        wait_for(halted.is_set, 60, "the upload")
-        wait_for(lambda: _uploaded(s3_fault_proxy), 30, "the upload to finish")
+        lost = _stored_while_redis_is_away(rig, s3_fault_proxy, redis_server, media["audio_wav"], webhook_receiver)
         redis_server.resume()  # empty: every record, queue and lease is gone
         wait_for(lambda: "its record is gone" in rig.logs(), 60, "the worker to notice")
         s3_fault_proxy.on_request = None
-        after = rig.enqueue(uri, "m4a", segments=[(1.0, 2.0)], webhook=webhook_receiver)
+        after = rig.enqueue(rig.upload(media["audio_wav"]), "m4a", segments=[(1.0, 2.0)], webhook=webhook_receiver)
         assert rig.wait_record(after, timeout_s=60)["state"] == "completed"  # the worker kept serving
         assert rig.record(lost) is None
         assert lost in rig.logs()

@@ -36,7 +36,7 @@ from xml.sax.saxutils import escape, quoteattr
 from worker.errors import InvalidJob
 from worker.output import EXPORT_FORMATS as _NAMES
 from worker.plan import Timeline
-from worker.probe import SourceInfo
+from worker.probe import STANDARD_RATES, SourceInfo
 
 #: Export format → (file extension, content type). The extension is the stored object's, as for renders.
 EXPORT_FORMATS: dict[str, tuple[str, str]] = {
@@ -51,17 +51,9 @@ REEL_CHARS = 8
 EDL_AUDIO_RATE = Fraction(30)
 _TC = re.compile(r"(\d{1,2})[:;.](\d{2})[:;.](\d{2})([:;.,])(\d{2,3})")
 _NTSC = {Fraction(24000, 1001): 24, Fraction(30000, 1001): 30, Fraction(60000, 1001): 60}
-#: The frame rates CMX 3600 timecode carries; an EDL at any other rate would be read at the wrong speed.
-EDL_RATES: tuple[Fraction, ...] = (
-    Fraction(24000, 1001),
-    Fraction(24),
-    Fraction(25),
-    Fraction(30000, 1001),
-    Fraction(30),
-    Fraction(50),
-    Fraction(60000, 1001),
-    Fraction(60),
-)
+#: The frame rates CMX 3600 timecode carries (the standard rates recorders write): an EDL at any other rate would
+#: be read at the wrong speed.
+EDL_RATES: tuple[Fraction, ...] = STANDARD_RATES
 
 
 assert tuple(EXPORT_FORMATS) == _NAMES  # the intake's list (worker/output.py) and the writers agree

@@ -285,16 +285,7 @@ class S3Storage(Storage):
             raise translate(exc, f"presign s3://{self.output_bucket}/{key}") from exc
 
     def _exists(self, key: str) -> bool:
-        try:
-            self.client.head_object(Bucket=self.output_bucket, Key=key)
-        except botocore.exceptions.ClientError as exc:
-            code, status = _describe(exc)
-            if status == 404 or code in {"404", "NoSuchKey", "NotFound"}:
-                return False
-            raise translate(exc, f"head s3://{self.output_bucket}/{key}") from exc
-        except _BOTO_ERRORS as exc:
-            raise translate(exc, f"head s3://{self.output_bucket}/{key}") from exc
-        return True
+        return self._output_metadata(key) is not None
 
     def _delete(self, key: str) -> None:
         try:
