@@ -19,7 +19,6 @@ from typing import Any
 
 import dramatiq
 from dramatiq.middleware import Middleware
-from dramatiq.worker import _WorkerMiddleware
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +44,18 @@ class _QuietBroker:
             self._broker.emit_after(signal, *args, **kwargs)
 
 
-class _DeliveryConsumers(_WorkerMiddleware):
-    """Adds the delivery worker's consumers (a type of its own: the broker warns about a second instance)."""
+class _DeliveryConsumers(Middleware):
+    """Adds the delivery worker's consumers as queues are declared, as Dramatiq's own worker middleware does for
+    its worker (not a subclass of it: the broker warns when a middleware's type is added twice)."""
+
+    def __init__(self, worker: dramatiq.Worker) -> None:
+        self.worker = worker
+
+    def after_declare_queue(self, broker: dramatiq.Broker, queue_name: str) -> None:
+        self.worker._add_consumer(queue_name)
+
+    def after_declare_delay_queue(self, broker: dramatiq.Broker, queue_name: str) -> None:
+        self.worker._add_consumer(queue_name, delay=True)
 
 
 class DeliveryWorker(dramatiq.Worker):
