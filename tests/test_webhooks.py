@@ -20,7 +20,6 @@ from worker.webhooks import (
     RENDER_COMPLETED,
     RENDER_FAILED,
     DeliveryResult,
-    backoff_schedule,
     build_event,
     deliver_once,
     event_id,
@@ -91,17 +90,6 @@ def test_build_event_is_compact_contract_json() -> None:
         build_event("render.started", "rnd_1", "ast_1")
 
 
-def test_backoff_schedule_doubles_and_caps() -> None:
-    assert backoff_schedule(1, 100, 1000) == []
-    assert backoff_schedule(6, 100, 1000) == [0.1, 0.2, 0.4, 0.8, 1.0]
-    assert backoff_schedule(8, 5_000, 3_600_000)[-1] == 320.0
-    with pytest.raises(ValueError):
-        backoff_schedule(0, 1, 2)
-
-
-@pytest.mark.parametrize(
-    "url", ["ftp://example.com/h", "file:///etc/passwd", "javascript:alert(1)", "example.com/hook", "http://", ""]
-)
 def test_non_http_urls_are_refused(url: str) -> None:
     with pytest.raises(InvalidJob, match="webhook.url"):
         validate_url(url)

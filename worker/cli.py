@@ -404,17 +404,10 @@ def presets_cmd() -> None:
 
 
 def new_render_id() -> str:
-    """``rnd_`` + a time-ordered, random, URL-safe id (sortable like a ULID)."""
-    import secrets
-    import time
+    """``rnd_`` + a ULID: time-ordered (sorts by creation), random, 26 URL-safe characters."""
+    from ulid import ULID
 
-    alphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-    n = (int(time.time() * 1000) << 80) | secrets.randbits(80)
-    chars = []
-    for _ in range(26):
-        n, r = divmod(n, 32)
-        chars.append(alphabet[r])
-    return "rnd_" + "".join(reversed(chars))
+    return f"rnd_{ULID()}"
 
 
 def _queue_main_guard(exc: Exception) -> NoReturn:

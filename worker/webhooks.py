@@ -15,7 +15,6 @@ own retries:
 * :func:`sign` — ``v1,<base64 HMAC-SHA256 over "id.timestamp.body">``.
 * :func:`deliver_once` — one POST; never raises for delivery trouble, it
   returns a :class:`DeliveryResult` saying whether another attempt makes sense.
-* :func:`backoff_schedule` — a bounded, doubling schedule.
 
 The tenant chooses the URL, so delivery is where server-side request forgery
 is stopped (DESIGN.md, "Trust boundary"; the address policy is
@@ -414,16 +413,3 @@ class _Watchdog:
 
     def cancel(self) -> None:
         self._timer.cancel()
-
-
-def backoff_schedule(attempts: int, min_ms: int, max_ms: int) -> list[float]:
-    """Delays in **seconds** before attempts 2..n: ``min_ms`` doubling, capped at ``max_ms``.
-
-    ``attempts`` includes the first one, so the list has ``attempts - 1``
-    entries and its sum bounds how long delivery can take (plus timeouts).
-    """
-    if attempts < 1:
-        raise ValueError(f"attempts must be >= 1, got {attempts}")
-    if min_ms < 0 or max_ms < min_ms:
-        raise ValueError(f"need 0 <= min_ms <= max_ms, got {min_ms}, {max_ms}")
-    return [min(max_ms, min_ms * 2**i) / 1000.0 for i in range(attempts - 1)]
