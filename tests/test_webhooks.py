@@ -90,6 +90,9 @@ def test_build_event_is_compact_contract_json() -> None:
         build_event("render.started", "rnd_1", "ast_1")
 
 
+@pytest.mark.parametrize(
+    "url", ["ftp://example.com/h", "file:///etc/passwd", "javascript:alert(1)", "example.com/hook", "http://", ""]
+)
 def test_non_http_urls_are_refused(url: str) -> None:
     with pytest.raises(InvalidJob, match="webhook.url"):
         validate_url(url)
