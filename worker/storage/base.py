@@ -13,7 +13,7 @@ Error mapping (the same for every implementation)::
     source missing or not readable           SourceError   source_not_found  permanent
     network, 5xx, throttling, timeouts       StorageError  storage_failed    transient
 
-Transient failures are retried in-process by :func:`with_retries` (seconds of
+Transient failures are retried in-process by :func:`with_retries` (tenacity; seconds of
 backoff, for blips); when those run out the :class:`StorageError` still says
 ``transient`` so the queue layer may retry the whole job later (minutes of
 backoff, for outages) before the render finally fails with ``storage_failed``.
@@ -34,6 +34,8 @@ import urllib.request
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
+
+import tenacity
 
 from worker.errors import (
     DiskFull,
@@ -231,24 +233,34 @@ def with_retries(
     if attempts < 1:
         raise ValueError(f"attempts must be >= 1, got {attempts}")
     rand = rng or random
-    last: StorageError | None = None
-    for attempt in range(1, attempts + 1):
-        try:
-            return fn()
-        except StorageError as exc:
-            if not exc.transient:
-                raise
-            last = exc
-            if attempt == attempts:
-                break
-            cap = min(max_delay_s, base_delay_s * (2 ** (attempt - 1)))
-            delay = cap / 2 + rand.uniform(0, cap / 2)
-            log.warning("%s failed (attempt %d/%d), retrying in %.2fs: %s", what, attempt, attempts, delay, exc.message)
-            sleep(delay)
-    assert last is not None
-    raise StorageError(
-        f"{what} failed after {attempts} attempts, retries exhausted: {last.message}", detail=last.detail
-    ) from last
+
+    def equal_jitter(state: tenacity.RetryCallState) -> float:
+        cap = min(max_delay_s, base_delay_s * (2 ** (state.attempt_number - 1)))
+        return cap / 2 + rand.uniform(0, cap / 2)
+
+    def warn(state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        why = exc.message if isinstance(exc, RenderError) else repr(exc)
+        delay = state.next_action.sleep if state.next_action is not None else 0.0
+        log.warning(
+            "%s failed (attempt %d/%d), retrying in %.2fs: %s", what, state.attempt_number, attempts, delay, why
+        )
+
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(attempts),
+        wait=equal_jitter,
+        retry=tenacity.retry_if_exception(lambda exc: isinstance(exc, StorageError) and exc.transient),
+        sleep=sleep,
+        before_sleep=warn,
+    )
+    try:
+        return retrying(fn)
+    except tenacity.RetryError as exc:
+        last = exc.last_attempt.exception()
+        assert isinstance(last, StorageError)
+        raise StorageError(
+            f"{what} failed after {attempts} attempts, retries exhausted: {last.message}", detail=last.detail
+        ) from last
 
 
 #: A download is given this long plus its size at :data:`MIN_FETCH_BPS` before it counts as stalled.

@@ -9,9 +9,10 @@ from :class:`~worker.settings.Settings`:
   ``response_checksum_validation``. ``when_supported`` (boto3's own default since
   1.36) sends CRC32 headers on every upload, which some S3-compatible stores
   reject; ``when_required`` only sends them where the API demands it.
-* botocore's own retries are kept low (``botocore_attempts`` total, standard
-  mode) so that :func:`~worker.storage.base.with_retries` owns the backoff and
-  the attempt count, and timeouts are short so a dead endpoint fails fast.
+* botocore does not retry (``botocore_attempts`` = 1 by default, standard mode):
+  :func:`~worker.storage.base.with_retries` owns the backoff and the attempt
+  count, so attempts are not multiplied (they were 4 x 2), and timeouts are
+  short so a dead endpoint fails fast.
 
 Credentials come from boto3's usual chain (the ``AWS_*`` variables, profiles,
 instance roles); pass ``session`` to use explicit ones (tests do).
@@ -81,7 +82,7 @@ def build_client(
     settings: Settings,
     *,
     session: boto3.session.Session | None = None,
-    botocore_attempts: int = 2,
+    botocore_attempts: int = 1,
     connect_timeout_s: float = 5.0,
     read_timeout_s: float = 60.0,
     max_pool_connections: int = 16,
@@ -188,7 +189,7 @@ class S3Storage(Storage):
         base_delay_s: float = DEFAULT_BASE_DELAY_S,
         max_delay_s: float = DEFAULT_MAX_DELAY_S,
         sleep: Callable[[float], None] = time.sleep,
-        botocore_attempts: int = 2,
+        botocore_attempts: int = 1,
         connect_timeout_s: float = 5.0,
         read_timeout_s: float = 60.0,
     ) -> None:
