@@ -80,7 +80,9 @@ def test_export_jobs_store_documents_and_never_run_ffmpeg(
             status = rig.status(rid)
             with urllib.request.urlopen(status["download_url"], timeout=30) as resp:
                 body = resp.read()
-                assert resp.headers["Content-Disposition"] == f'attachment; filename="{rid}.{ext}"'
+                # Named after the source (the stored object keeps the render id's key).
+                name = f"{Path(job_uri).stem}.{'full' if cut is None else 'cut'}.{ext}"
+                assert resp.headers["Content-Disposition"] == f'attachment; filename="{name}"'
             # The stored document is the one render-cli export writes for the same source, named as the job names it
             # (test_export.py holds that one against a real render, frame by frame).
             local = tmp_path / f"local-{rid}.{ext}"

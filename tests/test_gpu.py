@@ -293,15 +293,17 @@ observer = metrics.PipelineObserver()
 @dramatiq.actor(queue_name="render", max_retries=0)
 def render(mode):
     observer.started("mp4")
+    if mode != "before":
+        observer.encoding("cpu")
     if mode == "complete":
         observer.uploaded(1000, 0.5)
         observer.finished("completed", "mp4", "cpu", 3.0, 6.0, 9.0)
-    elif mode == "fail":
-        observer.failed("encode_failed", "mp4")
+    elif mode in ("fail", "before"):
+        observer.failed("encode_failed" if mode == "fail" else "source_not_found", "mp4")
     else:
         raise RuntimeError("transient: the pipeline raised without telling the observer")
 
-for mode in ("complete", "fail", "raise"):
+for mode in ("complete", "fail", "raise", "before"):
     render.send(mode)
 worker = dramatiq.Worker(broker, worker_threads=2)
 worker.start()
@@ -333,10 +335,13 @@ def test_pipeline_observer_and_middleware_keep_in_progress_honest(tmp_path: Path
     assert _value(s, "render_jobs_in_progress", encoder="nvenc") == 0
     assert _value(s, "render_jobs_total", outcome="completed", format="mp4", encoder="cpu") == 1
     assert _value(s, "render_jobs_total", outcome="failed", format="mp4", encoder="cpu") == 1
+    # Failed before any encode started (a missing source): "none", the README's meaning, never a guessed encoder.
+    assert _value(s, "render_jobs_total", outcome="failed", format="mp4", encoder="none") == 1
+    assert _value(s, "render_jobs_in_progress", encoder="none") == 0
     assert _value(s, "render_failures_total", code="encode_failed") == 1
     assert _value(s, "render_upload_bytes_total") == 1000
     assert _value(s, "render_realtime_factor_count", format="mp4", encoder="cpu") == 1
-    assert _value(s, "dramatiq_messages_total", queue_name="render", actor_name="render") == 3
+    assert _value(s, "dramatiq_messages_total", queue_name="render", actor_name="render") == 4
     assert _value(s, "dramatiq_message_errors_total", queue_name="render", actor_name="render") == 1
     # NVENC was probed at boot, in the background, with the render path's own (cached) probe.
     nvenc = _value(s, "render_nvenc_available")

@@ -92,7 +92,9 @@ def test_every_format_with_and_without_a_cut(
         assert keys.get(key) == rec["size_bytes"] > 0
         out = tmp_path / f"{rid}.{fmt}"
         headers = fetch(status["download_url"], out)
-        assert headers["content-disposition"] == f'attachment; filename="{rid}.{fmt}"'
+        # Named after the source, "cfr2997.cut.mp4" (the stored object keeps the render id's key).
+        name = f"{media['cfr2997'].stem}.{'full' if cut is None else 'cut'}.{fmt}"
+        assert headers["content-disposition"] == f'attachment; filename="{name}"'
         check_output(out, media, fmt, cut)
     assert len(keys) == len(ids)
 
@@ -129,7 +131,7 @@ def test_presigned_url_works_until_it_expires(
     query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
     assert query["X-Amz-Expires"] == [str(expiry_s)]
     headers = fetch(url, tmp_path / "out.mp3")  # good while fresh: not refused before it expires
-    assert headers["content-disposition"] == f'attachment; filename="{rid}.mp3"'
+    assert headers["content-disposition"] == f'attachment; filename="{media["audio_wav"].stem}.cut.mp3"'
     assert (tmp_path / "out.mp3").stat().st_size > 0
     wait_for(lambda: http_status(url) == 403, expiry_s + 10, "the URL to expire", interval_s=0.25)
     # A freshly read record carries a fresh URL that works again.
