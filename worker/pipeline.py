@@ -571,7 +571,6 @@ def process(
         if retry:  # the source stays in this process's cache, for the retry if it comes back here
             if isinstance(err, DiskFull):
                 _forget_source(deps, job)  # unless the disk is full: then it goes, and the retry downloads again
-                log.warning("render %s: %s; retrying later, here or on another worker", job.render_id, err.message)
             deps.records.release(job.render_id, token, {"error_message": bounded_message(f"retrying after: {err}")})
             raise
         _forget_source(deps, job)
@@ -592,32 +591,62 @@ def process(
         "output_key": _output_key(settings, job),
         "download_name": download_name(job),
     }
-    completed = False  # by this delivery, in an earlier try of the loop whose event could not be handed over
+
+    def finished() -> None:
+        wall = time.monotonic() - wall_started
+        deps.observer.finished("completed", fmt, result.encoder, wall, result.duration_s, result.source_duration_s)
+
+    # A cancel that won the race with this completion after the upload: the cancel is what the record says, so
+    # the object it would have pointed at goes again.
+    return _complete_stored(
+        deps,
+        job,
+        token,
+        fields,
+        finished=finished,
+        cancelled=lambda: _cancelled(deps, job, may_have_uploaded=True),
+        deadline=wall_started + settings.time_limit_s,
+        stop=cancel,
+    )
+
+
+def _complete_stored(
+    deps: Deps,
+    job: Job,
+    token: str,
+    fields: Mapping[str, Any],
+    *,
+    finished: Callable[[], None],
+    cancelled: Callable[[], Outcome],
+    deadline: float,
+    stop: threading.Event | None,
+) -> Outcome:
+    """Complete the record of a render whose output is stored, and hand its event over, retrying while the
+    record store is away (:func:`_until_recorded`).
+
+    ``finished`` runs once, when this delivery completed the record (metrics, clean-up); ``cancelled`` when a
+    cancel got there first. Where the lease was gone (someone else finished it, or holds it now) only the
+    event is seen to.
+    """
+    completed = False  # by this delivery, in an earlier try whose event could not be handed over
 
     def complete() -> Outcome:
         nonlocal completed
-        if completed or deps.records.complete(job.render_id, token, fields):
-            if not completed:
-                completed = True
-                wall = time.monotonic() - wall_started
-                deps.observer.finished(
-                    "completed", fmt, result.encoder, wall, result.duration_s, result.source_duration_s
-                )
+        if not completed and not deps.records.complete(job.render_id, token, fields):
+            state = deps.records.state(job.render_id)
+            if state == "cancelled":
+                return cancelled()
+            if state is None:
+                return _record_lost(job, str(fields["output_key"]))
             _terminal_event(deps, job.render_id, job.webhook)
-            return Outcome.COMPLETED
-        state = deps.records.state(job.render_id)
-        if state == "cancelled":
-            # The cancel won the race with this completion after the upload: the cancel is what the record
-            # says, so the object it would have pointed at goes again.
-            return _cancelled(deps, job, may_have_uploaded=True)
-        if state is None:
-            return _record_lost(job, _output_key(settings, job))
-        # Our lease was gone by then: someone else finished it first (the same render to the same key),
-        # or holds it now and will finish it.
+            return Outcome.DUPLICATE
+        if not completed:
+            completed = True
+            finished()
         _terminal_event(deps, job.render_id, job.webhook)
-        return Outcome.DUPLICATE
+        return Outcome.COMPLETED
 
-    return _until_recorded(job.render_id, complete, wall_started + settings.time_limit_s, cancel)
+    return _until_recorded(job.render_id, complete, deadline, stop)
 
 
 #: How long the completion of a stored render waits between tries while the record store is away, at most.
@@ -1206,32 +1235,30 @@ def _assemble_part(
         "download_name": download_name(job),
         "chunks": count,
     }
-    completed = False
 
-    def complete() -> Outcome:
-        nonlocal completed
-        if not completed and not deps.records.complete(job.render_id, record_token, fields):
-            state = deps.records.state(job.render_id)
-            if state == "cancelled":
-                with contextlib.suppress(RenderError):
-                    deps.storage.delete(key)
-                _delete_pieces(deps, job.render_id, count)
-                _terminal_event(deps, job.render_id, job.webhook)
-                return Outcome.CANCELLED
-            if state is None:
-                return _record_lost(job, key)
-            _terminal_event(deps, job.render_id, job.webhook)
-            return Outcome.DUPLICATE
-        if not completed:
-            completed = True
-            fmt = job.output.format
-            wall = time.monotonic() - started
-            deps.observer.finished("completed", fmt, preset.encoder, wall, plan.timeline.duration, plan.info.duration)
-            _delete_pieces(deps, job.render_id, count)
+    def finished() -> None:
+        wall = time.monotonic() - started
+        fmt = job.output.format
+        deps.observer.finished("completed", fmt, preset.encoder, wall, plan.timeline.duration, plan.info.duration)
+        _delete_pieces(deps, job.render_id, count)
+
+    def cancelled() -> Outcome:
+        with contextlib.suppress(RenderError):
+            deps.storage.delete(key)
+        _delete_pieces(deps, job.render_id, count)
         _terminal_event(deps, job.render_id, job.webhook)
-        return Outcome.COMPLETED
+        return Outcome.CANCELLED
 
-    return _until_recorded(job.render_id, complete, deadline, watch.shutdown)
+    return _complete_stored(
+        deps,
+        job,
+        record_token,
+        fields,
+        finished=finished,
+        cancelled=cancelled,
+        deadline=deadline,
+        stop=watch.shutdown,
+    )
 
 
 def download_name(job: Job) -> str:
