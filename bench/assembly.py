@@ -80,16 +80,9 @@ from worker import ffmpeg  # noqa: E402
 from worker.chunks import ChunkPlan, assembly_args, concat_list, piece_durations_us, piece_name  # noqa: E402
 from worker.output import OutputSpec  # noqa: E402
 from worker.plan import Segment  # noqa: E402
+from worker.planner import Plan, chunk_plan_for, plan_render  # noqa: E402
 from worker.presets import load_preset  # noqa: E402
-from worker.render import (  # noqa: E402
-    Plan,
-    assemble,
-    chunk_plan_for,
-    plan_render,
-    render_audio,
-    render_chunk,
-    verify_assembled,
-)
+from worker.render.parts import assemble, render_audio, render_chunk, verify_assembled  # noqa: E402
 from worker.settings import Settings  # noqa: E402
 
 UNIT_S = 60  # one unit of the source, and one chunk: 1800 frames at 30 fps
@@ -233,7 +226,7 @@ def assemble_child(src: Path, minutes: int, resolution: str, pieces_dir: Path, o
     """
     plan = plan_for(src, minutes, resolution)
     cplan = chunk_plan_for(plan, SETTINGS)
-    pieces = [pieces_dir / piece_name(c.index) for c in cplan.chunks]
+    pieces = [pieces_dir / piece_name(c.index, "mp4") for c in cplan.chunks]
     before = _children()
     t0 = time.monotonic()
     with ChildPeak() as peak:
@@ -293,7 +286,7 @@ def render_pieces(
         # reuses the pieces already encoded for real, and says when they were.
         kept: dict[str, Any] = json.loads(record.read_text())
         for k in kept["real"]:
-            if k in real and (pieces_dir / piece_name(k)).exists():
+            if k in real and (pieces_dir / piece_name(k, "mp4")).exists():
                 at[str(k)] = kept["at"] if isinstance(kept["at"], str) else kept["at"][str(k)]
                 for key in (f"chunk{k}_wall_s", f"chunk{k}_cpu_s"):
                     times[key] = kept["times"][key]
@@ -306,17 +299,17 @@ def render_pieces(
         if str(k) in at:
             continue
         cpu0, t0 = _children(), time.monotonic()
-        render_chunk(plan, cplan, k, pieces_dir / piece_name(k))  # replaces a copy left there by an earlier run
+        render_chunk(plan, cplan, k, pieces_dir / piece_name(k, "mp4"))  # replaces a copy left there by an earlier run
         cpu1 = _children()
         times[f"chunk{k}_wall_s"] = time.monotonic() - t0
         times[f"chunk{k}_cpu_s"] = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
         at[str(k)] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        print(json.dumps({"rendered": piece_name(k), "wall_s": round(times[f"chunk{k}_wall_s"], 2)}), flush=True)
+        print(json.dumps({"rendered": piece_name(k, "mp4"), "wall_s": round(times[f"chunk{k}_wall_s"], 2)}), flush=True)
         record.write_text(json.dumps({"real": [int(x) for x in at], "times": times, "at": at}), encoding="utf-8")
     check = _check(pieces_dir, real)
-    stand_in = pieces_dir / piece_name(1)
+    stand_in = pieces_dir / piece_name(1, "mp4")
     for c in cplan.chunks[len(real) :]:
-        copy = pieces_dir / piece_name(c.index)
+        copy = pieces_dir / piece_name(c.index, "mp4")
         if not copy.exists() or copy.stat().st_size != stand_in.stat().st_size:
             shutil.copyfile(stand_in, copy)
     # Only the pieces encoded for real in this layout: a real piece 2 of an earlier run is a copy now.
@@ -327,7 +320,7 @@ def render_pieces(
 def _check(pieces_dir: Path, real: list[int]) -> dict[str, Any]:
     if 2 not in real:
         return {}
-    check = compare_stand_in(pieces_dir / piece_name(1), pieces_dir / piece_name(2))
+    check = compare_stand_in(pieces_dir / piece_name(1, "mp4"), pieces_dir / piece_name(2, "mp4"))
     print(json.dumps({"stand_in_check": check}), flush=True)
     if check["frames"][0] != check["frames"][1] or not check["starts_at_0_on_a_keyframe"]:
         raise SystemExit("chunk 2's piece is not laid out as chunk 1's: copies of piece 1 are no stand-in")
@@ -363,7 +356,7 @@ def main() -> int:
     print(json.dumps({"output_s": plan.timeline.duration, "frames": plan.timeline.total_units}), flush=True)
 
     cplan = chunk_plan_for(plan, SETTINGS)
-    pieces = [pieces_dir / piece_name(c.index) for c in cplan.chunks]
+    pieces = [pieces_dir / piece_name(c.index, "mp4") for c in cplan.chunks]
     audio = pieces_dir / "audio.m4a"
     out = run_dir / "out.mp4"
     audio_walls = []

@@ -45,7 +45,9 @@ from worker import ffmpeg  # noqa: E402
 from worker.chunks import piece_name  # noqa: E402
 from worker.output import OutputSpec  # noqa: E402
 from worker.plan import Segment  # noqa: E402
-from worker.render import assemble, chunk_plan_for, plan_render, render, render_audio, render_chunk  # noqa: E402
+from worker.planner import chunk_plan_for, plan_render  # noqa: E402
+from worker.render import render  # noqa: E402
+from worker.render.parts import assemble, render_audio, render_chunk  # noqa: E402
 
 SPEC = OutputSpec("mp4", resolution="720p")
 WINDOW = 15  # frames either side of a join whose PSNR is reported
@@ -260,10 +262,10 @@ def worker_main(argv: list[str]) -> int:
             if job == "audio":
                 render_audio(plan, work / "audio.m4a")
             else:
-                render_chunk(plan, cplan, int(job), work / piece_name(int(job)))
+                render_chunk(plan, cplan, int(job), work / piece_name(int(job), "mp4"))
         return 0
     if cmd == "_assemble":
-        pieces = [work / piece_name(c.index) for c in cplan.chunks]
+        pieces = [work / piece_name(c.index, "mp4") for c in cplan.chunks]
         assemble(plan, cplan, pieces, work / "audio.m4a", argv[5])
         return 0
     raise SystemExit(f"unknown command {cmd}")
@@ -294,11 +296,9 @@ def main() -> int:
         plan = plan_render(src, segs, SPEC)
         print(json.dumps({"output_s": round(plan.timeline.duration, 3), "frames": plan.timeline.total_units}))
         if args.quality_only:
-            from worker.render import render_chunked
-
             render(src, segs, SPEC, tmp / "whole.mp4")
             for k in args.chunks:
-                render_chunked(src, segs, SPEC, tmp / f"chunked-{k}.mp4", chunks=k)
+                render(src, segs, SPEC, tmp / f"chunked-{k}.mp4", chunks=k)
                 print(json.dumps(join_quality(src, segs, tmp / "whole.mp4", tmp / f"chunked-{k}.mp4", k)))
                 if args.vmaf:
                     print(json.dumps(join_vmaf(src, segs, tmp / "whole.mp4", tmp / f"chunked-{k}.mp4", k, tmp)))

@@ -45,8 +45,9 @@ def prepare() -> None:
 
     from bench.run import make_plan, naive_graph
     from worker.output import OutputSpec
+    from worker.planner import plan_render
     from worker.presets import load_preset
-    from worker.render import command_for, plan_render
+    from worker.render import command_for
 
     CARRY.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:

@@ -21,8 +21,9 @@ from bench.run import make_plan, naive_graph  # noqa: E402
 from fixtures import generate as gen  # noqa: E402
 from worker import ffmpeg  # noqa: E402
 from worker.output import OutputSpec  # noqa: E402
+from worker.planner import plan_render  # noqa: E402
 from worker.presets import load_preset  # noqa: E402
-from worker.render import command_for, plan_render  # noqa: E402
+from worker.render import command_for  # noqa: E402
 
 
 def filter_only(args: list[str]) -> list[str]:

@@ -37,8 +37,9 @@ sys.path.insert(0, str(ROOT))
 from bench.device_check import source_args  # noqa: E402
 from worker.output import OutputSpec  # noqa: E402
 from worker.plan import Segment  # noqa: E402
+from worker.planner import plan_render  # noqa: E402
 from worker.presets import load_preset  # noqa: E402
-from worker.render import command_for, plan_render  # noqa: E402
+from worker.render import command_for  # noqa: E402
 
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
 RESULTS = ROOT / "bench" / "results"

@@ -16,15 +16,16 @@ from pathlib import Path
 import av
 import pytest
 
-import worker.render
+import worker.planner
 from fixtures import generate as gen
 from worker import ffmpeg
 from worker.errors import ErrorCode, InvalidJob, RenderError
 from worker.output import OutputSpec
 from worker.plan import Segment
+from worker.planner import plan_render
 from worker.presets import load_preset
 from worker.probe import ALLOWED_DECODERS, probe
-from worker.render import command_for, plan_render, render
+from worker.render import command_for, render
 from worker.settings import Settings
 
 CPU = Settings(nvenc="off")
@@ -134,13 +135,13 @@ def _fooled_probe(monkeypatch: pytest.MonkeyPatch, twin: Path, demuxer: str | No
     after the probe is the worker's own path: render() -> plan -> graph ->
     graph.ffmpeg_args -> ffmpeg.run.
     """
-    real_probe = worker.render.probe
+    real_probe = worker.planner.probe
 
     def fooled(path, **kwargs):
         info = real_probe(twin, **kwargs)
         return dataclasses.replace(info, path=str(path), demuxer=demuxer or info.demuxer)
 
-    monkeypatch.setattr(worker.render, "probe", fooled)
+    monkeypatch.setattr(worker.planner, "probe", fooled)
 
 
 def test_playlists_and_concat_scripts_never_read_their_targets(media, tmp_path, monkeypatch):

@@ -18,10 +18,12 @@ from typing import Any
 import pytest
 from farm import SECRET
 
-from worker import render as render_module
+from worker import planner
 from worker.errors import RenderTimeout, StorageError
-from worker.pipeline import FAILED, Deps, Outcome, _part_deadline, process, process_part
+from worker.pipeline import FAILED, Deps, Outcome, process, process_part
+from worker.pipeline.chunked import part_deadline
 from worker.records import MemoryRecordStore
+from worker.render import parts
 from worker.scratch import OWNER_FILE
 from worker.settings import Settings
 from worker.source_cache import SourceCache
@@ -147,7 +149,7 @@ def test_parts_render_assemble_and_complete_in_any_order(
     # The assembly carries the render's deadline on, and everything but the index.
     assert all(a == {k: v for k, v in chunks[0].items() if k != "index"} for a in assemblies)
     # The assembly is a stream copy of the stored pieces: it encodes no audio of its own.
-    monkeypatch.setattr(render_module, "render_audio", _no_audio)
+    monkeypatch.setattr(parts, "render_audio", _no_audio)
     assert process_part(assemblies[0], deps, last_attempt=False) is Outcome.COMPLETED
     assert process_part(assemblies[1], deps, last_attempt=False) is Outcome.DUPLICATE
     rec = deps.records.get("rnd_1")
@@ -161,13 +163,13 @@ def test_a_render_too_short_to_split_probes_its_source_once(
 ) -> None:
     """The first worker plans to count chunks; a render of one chunk is rendered from that plan, not a second."""
     planned: list[Any] = []
-    real = render_module.plan_render
+    real = planner.plan_render
 
     def counting(*args: Any, **kwargs: Any) -> Any:
         planned.append(args[0])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(render_module, "plan_render", counting)
+    monkeypatch.setattr(planner, "plan_render", counting)
     short = {**job(), "segments": [{"start": 10.0, "end": 14.0}]}  # under RENDER_CHUNK_MIN_S
     assert process(short, deps, last_attempt=False) is Outcome.COMPLETED
     assert queue.sent == [] and len(planned) == 1
@@ -228,12 +230,12 @@ def test_a_part_is_never_given_more_than_the_limit() -> None:
     and a message without one (sent by an older worker) gets exactly that."""
     settings = Settings(time_limit_s=LIMIT_S)
     for body in ({"deadline": time.time() + 86400}, {}, {"deadline": True}, {"deadline": "soon"}):
-        left = _part_deadline(body, settings) - time.monotonic()
+        left = part_deadline(body, settings) - time.monotonic()
         assert LIMIT_S - 1 < left <= LIMIT_S, (body, left)
-    left = _part_deadline({"deadline": time.time() + 30}, settings) - time.monotonic()
+    left = part_deadline({"deadline": time.time() + 30}, settings) - time.monotonic()
     assert 29 < left <= 30
     with pytest.raises(RenderTimeout):
-        _part_deadline({"deadline": time.time() - 0.001}, settings)
+        part_deadline({"deadline": time.time() - 0.001}, settings)
 
 
 # -- the source cache: one download per worker process and render ----------------------------------------------

@@ -28,9 +28,10 @@ from worker.errors import Cancelled, EncodeError
 from worker.graph import build_chunk_graph, chunk_ffmpeg_args
 from worker.output import OutputSpec
 from worker.plan import Segment, Timeline, build_timeline
+from worker.planner import chunk_plan_for, plan_render
 from worker.presets import load_preset
 from worker.probe import FORMAT_WHITELIST
-from worker.render import chunk_plan_for, plan_render, render, render_chunked
+from worker.render import parts, render
 
 # --- the plan (pure) ------------------------------------------------------------------------------------------
 
@@ -143,7 +144,7 @@ def test_chunk_count_from_settings() -> None:
 
 
 def test_concat_list_names_only_pieces() -> None:
-    text = ch.concat_list([ch.piece_name(0), ch.piece_name(1)])
+    text = ch.concat_list([ch.piece_name(0, "mp4"), ch.piece_name(1, "mp4")])
     assert text.splitlines() == ["ffconcat version 1.0", "file 'chunk-00000.mp4'", "file 'chunk-00001.mp4'"]
     plan = ch.ChunkPlan(
         rate=Fraction(30),
@@ -180,7 +181,15 @@ def test_chunk_command_seeks_each_run_and_keeps_the_input_hardening(media) -> No
     chunk = cplan.chunks[0]  # 0..19 s of output: 1-5, 40-44 and the start of 100-130
     assert [r.seek for r in chunk.runs] == [30, 1200, 3000]
     args = chunk_ffmpeg_args(
-        plan.info, plan.timeline, chunk, preset, plan.encode, "g.txt", "o.mp4", max_pixels=plan.limits.max_source_pixels
+        plan.info,
+        plan.timeline,
+        chunk,
+        preset,
+        plan.encode,
+        "g.txt",
+        "o.mp4",
+        max_pixels=plan.limits.max_source_pixels,
+        muxer="mp4",
     )
     inputs = [i for i, a in enumerate(args) if a == "-i"]
     assert len(inputs) == 3
@@ -199,7 +208,15 @@ def test_chunk_command_seeks_each_run_and_keeps_the_input_hardening(media) -> No
     later = cplan.chunks[1]  # encodes 2 s of chunk 0's frames first, and forces its IDR frame after them
     assert later.preroll == 60 and later.spans[0].out == later.start - 60
     args1 = chunk_ffmpeg_args(
-        plan.info, plan.timeline, later, preset, plan.encode, "g.txt", "o.mp4", max_pixels=plan.limits.max_source_pixels
+        plan.info,
+        plan.timeline,
+        later,
+        preset,
+        plan.encode,
+        "g.txt",
+        "o.mp4",
+        max_pixels=plan.limits.max_source_pixels,
+        muxer="mp4",
     )
     assert args1[args1.index("-force_key_frames") + 1] == "expr:eq(n,60)"
     graph = build_chunk_graph(plan.info, plan.timeline, chunk, preset, plan.encode)
@@ -236,7 +253,7 @@ def _audio_packets(path: Path) -> list[tuple[int, int, bytes]]:
 def test_chunked_render_is_exact(media, tmp_path, n_chunks: int) -> None:
     segs = _spread(20, 200.0, seed=11 * n_chunks)
     out = tmp_path / "out.mp4"
-    result = render_chunked(media["cfr30"], segs, OutputSpec("mp4"), out, chunks=n_chunks)
+    result = render(media["cfr30"], segs, OutputSpec("mp4"), out, chunks=n_chunks)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]  # no pieces, lists or partials left
     exp = oracle.expected([(s.start, s.end) for s in segs], rate=Fraction(30), origin=Fraction(0), first=0, end=6000)
     assert abs(result.duration_s - exp.total / 30) < 1e-9
@@ -281,7 +298,7 @@ def test_chunked_audio_is_the_whole_renders_audio(media, tmp_path) -> None:
     segs = _spread(12, 20.0, seed=5)
     whole, chunked = tmp_path / "whole.mp4", tmp_path / "chunked.mp4"
     render(media["cfr2997"], segs, OutputSpec("mp4"), whole)
-    render_chunked(media["cfr2997"], segs, OutputSpec("mov"), chunked.with_suffix(".mov"), chunks=3)
+    render(media["cfr2997"], segs, OutputSpec("mov"), chunked.with_suffix(".mov"), chunks=3)
     assert _audio_packets(whole) == _audio_packets(chunked.with_suffix(".mov"))
     assert [i for _, i in mc.frame_indices(whole)] == [i for _, i in mc.frame_indices(chunked.with_suffix(".mov"))]
 
@@ -300,7 +317,7 @@ def test_chunked_audio_is_the_whole_renders_audio(media, tmp_path) -> None:
 def test_chunked_equals_whole_on_awkward_sources(media, tmp_path, name: str, segs) -> None:
     whole, chunked = tmp_path / "whole.mp4", tmp_path / "chunked.mp4"
     render(media[name], segs, OutputSpec("mp4"), whole)
-    render_chunked(media[name], segs, OutputSpec("mp4"), chunked, chunks=3)
+    render(media[name], segs, OutputSpec("mp4"), chunked, chunks=3)
     want = [i for _, i in mc.frame_indices(whole)]
     assert None not in want and len(want) > 90
     assert [i for _, i in mc.frame_indices(chunked)] == want
@@ -309,9 +326,9 @@ def test_chunked_equals_whole_on_awkward_sources(media, tmp_path, name: str, seg
 
 def test_audio_formats_and_single_chunks_render_whole(media, tmp_path) -> None:
     segs = [Segment(1.0, 3.0)]
-    r = render_chunked(media["cfr30"], segs, OutputSpec("m4a"), tmp_path / "a.m4a", chunks=4)
+    r = render(media["cfr30"], segs, OutputSpec("m4a"), tmp_path / "a.m4a", chunks=4)
     assert r.video_codec is None and mc.stream_durations(tmp_path / "a.m4a").get("video") is None
-    r = render_chunked(media["cfr30"], segs, OutputSpec("mp4"), tmp_path / "v.mp4")  # 2 s: under RENDER_CHUNK_MIN_S
+    r = render(media["cfr30"], segs, OutputSpec("mp4"), tmp_path / "v.mp4")  # 2 s: under RENDER_CHUNK_MIN_S
     assert [i for _, i in mc.frame_indices(tmp_path / "v.mp4")] == list(range(30, 90))
 
 
@@ -325,7 +342,7 @@ def test_cancel_stops_every_chunk_and_leaves_nothing(media, tmp_path) -> None:
     from worker.settings import Settings
 
     with pytest.raises(Cancelled):
-        render_chunked(
+        render(
             media["cfr30"],
             None,
             OutputSpec("mp4"),
@@ -339,36 +356,34 @@ def test_cancel_stops_every_chunk_and_leaves_nothing(media, tmp_path) -> None:
 
 
 def test_a_failed_chunk_fails_the_render_and_stops_the_rest(media, tmp_path, monkeypatch) -> None:
-    import worker.render as wr
 
-    real = wr.render_chunk
+    real = parts.render_chunk
 
     def flaky(plan, chunks, index, output, **kw):
         if index == 1:
             raise EncodeError("chunk 1 broke")
         return real(plan, chunks, index, output, **kw)
 
-    monkeypatch.setattr(wr, "render_chunk", flaky)
+    monkeypatch.setattr(parts, "render_chunk", flaky)
     with pytest.raises(EncodeError, match="chunk 1 broke"):
-        render_chunked(media["cfr30"], [Segment(0, 20)], OutputSpec("mp4"), tmp_path / "o.mp4", chunks=3)
+        render(media["cfr30"], [Segment(0, 20)], OutputSpec("mp4"), tmp_path / "o.mp4", chunks=3)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_assembly_refuses_a_missing_frame(media, tmp_path) -> None:
     """The assembled file is checked against the plan: a piece short of a frame fails the render."""
-    import worker.render as wr
 
     segs = [Segment(0, 10)]
     plan = plan_render(media["cfr30"], segs, OutputSpec("mp4"))
     cplan = chunk_plan_for(plan, count=2)
-    pieces = [wr.render_chunk(plan, cplan, k, tmp_path / ch.piece_name(k)) for k in range(2)]
-    audio = wr.render_audio(plan, tmp_path / "audio.m4a")
+    pieces = [parts.render_chunk(plan, cplan, k, tmp_path / ch.piece_name(k, "mp4")) for k in range(2)]
+    audio = parts.render_audio(plan, tmp_path / "audio.m4a")
     # a second plan, one frame longer than the pieces hold
     longer = plan_render(media["cfr30"], [Segment(0, 10 + 1 / 30)], OutputSpec("mp4"))
     with pytest.raises(EncodeError, match="300 of 301 frames"):
-        wr.assemble(longer, cplan, pieces, audio, tmp_path / "out.mp4")
+        parts.assemble(longer, cplan, pieces, audio, tmp_path / "out.mp4")
     assert not (tmp_path / "out.mp4").exists()
-    wr.assemble(plan, cplan, pieces, audio, tmp_path / "out.mp4")
+    parts.assemble(plan, cplan, pieces, audio, tmp_path / "out.mp4")
     assert [i for _, i in mc.frame_indices(tmp_path / "out.mp4")] == list(range(300))
 
 

@@ -18,9 +18,10 @@ import pytest
 from fixtures import generate as gen
 from worker.errors import ErrorCode, RenderError
 from worker.output import OutputSpec
+from worker.planner import plan_render
 from worker.presets import load_preset
 from worker.probe import probe
-from worker.render import command_for, plan_render, render
+from worker.render import command_for, render
 from worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,7 +117,7 @@ def test_growing_frames_really_cost_memory_when_allowed(media, tmp_path):
 def test_pixel_limit_reaches_ffmpeg(media):
     """The configured limit, not a default, is what ffmpeg is given for the input."""
     limits_settings = Settings(max_source_pixels=320 * 180)
-    from worker.render import Limits
+    from worker.planner import Limits
 
     plan = plan_render(media["cfr30"], None, OutputSpec("mp4"), limits=Limits.from_settings(limits_settings))
     args = command_for(plan, load_preset("mp4"), "g.txt", "o.mp4")
@@ -179,15 +180,15 @@ def test_ffmpeg_refuses_a_decoder_off_the_allowlist(ffv1_twins, tmp_path, monkey
     """
     import dataclasses
 
-    import worker.render
+    import worker.planner
 
     ffv1, h264 = ffv1_twins
-    real_probe = worker.render.probe
+    real_probe = worker.planner.probe
 
     def fooled(path, **kwargs):
         return dataclasses.replace(real_probe(h264, **kwargs), path=str(path))
 
-    monkeypatch.setattr(worker.render, "probe", fooled)
+    monkeypatch.setattr(worker.planner, "probe", fooled)
     assert render(h264, None, OutputSpec("mp4"), tmp_path / "twin.mp4", settings=CPU).size_bytes > 0  # control
     with pytest.raises(RenderError) as info:
         render(ffv1, None, OutputSpec("mp4"), tmp_path / "o.mp4", settings=CPU)

@@ -649,13 +649,14 @@ def test_cancels_show_beside_failures_and_never_count_as_failures(dashboard: dic
 
 def test_lifecycle_rule_expires_the_chunk_pieces_and_nothing_else() -> None:
     """deploy/s3-lifecycle.json expires the temporary prefix of chunked renders, which holds nothing else."""
-    from worker.pipeline import TMP_PREFIX, output_key, piece_key
+    from worker.pipeline import TMP_PREFIX, piece_key
     from worker.settings import Settings
+    from worker.storage import output_key
 
     rules = json.loads((ROOT / "deploy" / "s3-lifecycle.json").read_text())["Rules"]
     assert [r["Filter"] for r in rules] == [{"Prefix": TMP_PREFIX}]
     assert rules[0]["Status"] == "Enabled" and rules[0]["Expiration"]["Days"] >= 1
     for prefix in ("renders", "", "a/b"):
         s = Settings(output_prefix=prefix)
-        assert piece_key(s, "rnd_1", 7).startswith(TMP_PREFIX)
+        assert piece_key(s, "rnd_1", "mp4", 7).startswith(TMP_PREFIX)
         assert not output_key(s.output_prefix, "rnd_1", "mp4").startswith(TMP_PREFIX)

@@ -24,7 +24,10 @@ from click.testing import CliRunner
 from fixtures import generate as gen
 from worker.cli import main
 from worker.errors import InvalidJob
-from worker.export import EXPORT_FORMATS, export_file, parse_timecode, reel_name, timecode
+from worker.exports import FORMATS as EXPORTS
+from worker.exports.cut import reel_name
+from worker.exports.file import export_file
+from worker.exports.timecode import parse_timecode, timecode
 from worker.jobs import parse_job
 from worker.output import OutputSpec
 from worker.plan import Segment
@@ -190,15 +193,15 @@ def test_reel_names_fit_cmx() -> None:
 # --- every format, read back, against a real render -------------------------------------------------------
 
 
-@pytest.mark.parametrize("fmt", list(EXPORT_FORMATS))
+@pytest.mark.parametrize("fmt", list(EXPORTS))
 @pytest.mark.parametrize("name", list(VIDEO))
 def test_video_export_reads_back_as_the_render(rendered: Any, tmp_path: Path, name: str, fmt: str) -> None:
     rate, start_tc, drop = VIDEO[name]
     src, shown = rendered(name)
-    doc = tmp_path / f"cut.{EXPORT_FORMATS[fmt][0]}"
+    doc = tmp_path / f"cut.{EXPORTS[fmt].extension}"
     result = export_file(str(src), SEGMENTS, fmt, str(doc))
     text = doc.read_bytes().decode()  # as stored: the EDL's CRLFs kept
-    assert result.size_bytes == len(text.encode()) and result.content_type == EXPORT_FORMATS[fmt][1]
+    assert result.size_bytes == len(text.encode()) and result.content_type == EXPORTS[fmt].content_type
     timeline = read_back(doc, fmt, rate)
 
     tracks = list(timeline.tracks)
@@ -266,7 +269,7 @@ def check_format_rules(fmt: str, text: str, rate: Fraction, drop: bool, start_tc
         assert doc["OTIO_SCHEMA"].startswith("Timeline.")
 
 
-@pytest.mark.parametrize("fmt", list(EXPORT_FORMATS))
+@pytest.mark.parametrize("fmt", list(EXPORTS))
 @pytest.mark.parametrize("name", AUDIO_ONLY)
 def test_audio_only_export_on_the_sample_grid(media: dict[str, Path], tmp_path: Path, name: str, fmt: str) -> None:
     v = gen.VARIANTS[name]
@@ -275,7 +278,7 @@ def test_audio_only_export_on_the_sample_grid(media: dict[str, Path], tmp_path: 
     sr = Fraction(v.sample_rate)
     origin = Fraction(mc.audio_start_seconds(src)).limit_denominator(10**6)
     exp = oracle.expected([(s.start, s.end) for s in SEGMENTS], rate=sr, origin=origin, first=0, end=v.samples)
-    doc = tmp_path / f"cut.{EXPORT_FORMATS[fmt][0]}"
+    doc = tmp_path / f"cut.{EXPORTS[fmt].extension}"
     export_file(str(src), SEGMENTS, fmt, str(doc))
     text = doc.read_bytes().decode()  # as stored: the EDL's CRLFs kept
     want: list[tuple[int, int, int]] = []
@@ -372,7 +375,7 @@ def test_the_job_message_takes_the_export_formats() -> None:
         "segments": None,
         "webhook": None,
     }
-    for fmt in EXPORT_FORMATS:
+    for fmt in EXPORTS:
         job = parse_job({**base, "output": {"format": fmt, "resolution": None}})
         assert job.output.format == fmt and job.output.is_export
     for bad in ("EDL", "xml", "otio\n", ["edl"]):
@@ -384,10 +387,10 @@ def test_the_job_message_takes_the_export_formats() -> None:
     ("rate", "timebase", "drop"),
     [(Fraction(24000, 1001), 24, False), (Fraction(60000, 1001), 60, True), (Fraction(24), 24, False)],
 )
-@pytest.mark.parametrize("fmt", list(EXPORT_FORMATS))
+@pytest.mark.parametrize("fmt", list(EXPORTS))
 def test_other_standard_rates_read_back(tmp_path: Path, rate: Fraction, timebase: int, drop: bool, fmt: str) -> None:
     """23.976 and 59.94 (no fixture renders at them): the documents alone, read back exactly by OTIO."""
-    from worker.export import Clip, Cut, export
+    from worker.exports import Clip, Cut, export
 
     clips = (Clip(src=17, length=40, record=0), Clip(src=300, length=1, record=40), Clip(src=400, length=59, record=41))
     cut = Cut(
@@ -405,7 +408,7 @@ def test_other_standard_rates_read_back(tmp_path: Path, rate: Fraction, timebase
         drop_frame=drop,
         clips=clips,
     )
-    doc = tmp_path / f"cut.{EXPORT_FORMATS[fmt][0]}"
+    doc = tmp_path / f"cut.{EXPORTS[fmt].extension}"
     text = export(cut, fmt)
     doc.write_bytes(text.encode())
     check_format_rules(fmt, text, rate, drop, cut.start_tc)

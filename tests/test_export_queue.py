@@ -16,7 +16,8 @@ import pytest
 from farm import farm, verified_events, wait_for
 
 from fixtures import generate as gen
-from worker.export import EXPORT_FORMATS, export_file
+from worker.exports import FORMATS as EXPORTS
+from worker.exports.file import export_file
 from worker.ffmpeg import resolve_ffmpeg
 from worker.plan import Segment
 
@@ -60,7 +61,7 @@ def test_export_jobs_store_documents_and_never_run_ffmpeg(
         rig.start_worker()
         uri = rig.upload(src, "assets/a1/tc2997.mov")
         audio_uri = rig.upload(media["audio_wav"], "assets/a2/audio_wav.wav")
-        jobs = [(uri, fmt, CUT) for fmt in EXPORT_FORMATS] + [(audio_uri, "xmeml", CUT), (uri, "otio", None)]
+        jobs = [(uri, fmt, CUT) for fmt in EXPORTS] + [(audio_uri, "xmeml", CUT), (uri, "otio", None)]
         ids = []
         for job_uri, fmt, cut in jobs:
             message = rig.message(job_uri, fmt, segments=cut, webhook=webhook_receiver)
@@ -73,7 +74,7 @@ def test_export_jobs_store_documents_and_never_run_ffmpeg(
             rec = records[rid]
             assert rec["state"] == "completed", rec
             assert rec["encoder"] == "none" and rec["attempts"] == 1
-            ext, content_type = EXPORT_FORMATS[fmt]
+            ext, content_type = EXPORTS[fmt].extension, EXPORTS[fmt].content_type
             key = f"renders/{rid}/{rid}.{ext}"
             assert rec["output_key"] == key and keys.get(key) == rec["size_bytes"] > 0
             assert s3.head_object(Bucket=rig.output_bucket, Key=key)["ContentType"] == content_type

@@ -23,7 +23,7 @@ import pytest
 from fixtures import apps
 from fixtures import generate as gen
 from worker.errors import ErrorCode, InvalidJob, RenderError
-from worker.export import export_file
+from worker.exports.file import export_file
 from worker.output import OutputSpec
 from worker.plan import Segment
 from worker.probe import probe

@@ -20,10 +20,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from worker.errors import ErrorCode, InvalidJob
+from worker.errors import ErrorCode, InvalidJob, UnrecordableJob
 from worker.jobs import IntakeBug, Job, is_id, parse_job
 from worker.output import OUTPUT_FORMATS as FORMATS  # the editor exports are formats too (issue 10)
-from worker.pipeline import FAILED, Deps, Outcome, UnrecordableJob, process
+from worker.pipeline import FAILED, Deps, Outcome, process
 from worker.plan import PLAN_MAX_DEPTH, Segment, parse_plan, parse_segments, plan_byte_limit
 from worker.records import MemoryRecordStore
 from worker.settings import Settings

@@ -22,9 +22,9 @@ import pytest
 from farm import SECRET, Farm, deliveries, farm, verified_events, wait_for
 
 from worker import webhooks
-from worker.errors import ErrorCode
+from worker.errors import ErrorCode, UnrecordableJob
 from worker.jobs import Webhook
-from worker.pipeline import Deps, Outcome, UnrecordableJob, process
+from worker.pipeline import Deps, Outcome, process
 from worker.records import RedisRecordStore, now_iso
 from worker.settings import Settings
 from worker.storage import MemoryStorage

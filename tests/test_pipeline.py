@@ -16,16 +16,13 @@ from typing import Any
 import pytest
 from farm import SECRET
 
-from worker.errors import Cancelled, ErrorCode, StorageError
+from worker.errors import Cancelled, ErrorCode, EventNotQueued, LeaseBusy, StorageError, UnrecordableJob
 from worker.jobs import Webhook
 from worker.pipeline import (
     COMPLETED,
     FAILED,
     Deps,
-    EventNotQueued,
-    LeaseBusy,
     Outcome,
-    UnrecordableJob,
     download_url,
     process,
 )

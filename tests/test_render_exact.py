@@ -19,7 +19,8 @@ import pytest
 from fixtures import generate as gen
 from worker.output import OutputSpec
 from worker.plan import Segment
-from worker.render import RenderResult, plan_render, render
+from worker.planner import plan_render
+from worker.render import RenderResult, render
 
 
 def random_segments(n: int, duration: float, seed: int, *, keep=(0.05, 0.15), gap=(0.03, 0.08)) -> list[Segment]:

@@ -43,7 +43,7 @@ from dramatiq.middleware import CurrentMessage, Middleware
 
 from worker import logsafe, pipeline, scratch, webhooks
 from worker.deliveries import DeliveryThreads
-from worker.errors import Cancelled, RenderError
+from worker.errors import Cancelled, LeaseBusy, RenderError, UnrecordableJob, WebhookNotDelivered
 from worker.jobs import Webhook
 from worker.records import RedisRecordStore
 from worker.settings import Settings, load, secret_values
@@ -180,10 +180,6 @@ def build_broker(s: Settings) -> RedisBroker:
     return broker
 
 
-class WebhookNotDelivered(RenderError):
-    transient = True
-
-
 @dataclasses.dataclass(frozen=True)
 class Runtime:
     """What :func:`setup` built for this process."""
@@ -227,7 +223,7 @@ def setup(settings: Settings | None = None) -> RedisBroker:
             actor_name="render",
             # A message with no render id has nowhere to report to: straight to the
             # dead-letter queue, never retried.
-            throws=(pipeline.UnrecordableJob,),
+            throws=(UnrecordableJob,),
             **render_options,
         )(_render)
         webhook_retries = max(0, s.webhook_max_attempts - 1)
@@ -326,11 +322,11 @@ def _render(message: Any) -> None:
             last_attempt=retries >= settings.max_retries,
             cancel=_shutdown_event(),
         )
-    except pipeline.UnrecordableJob as err:
+    except UnrecordableJob as err:
         msg_id = current.message_id if current is not None else "?"
         log.error("render message %s dead-lettered: %s", msg_id, err.message)
         raise
-    except (pipeline.LeaseBusy, Cancelled) as err:
+    except (LeaseBusy, Cancelled) as err:
         _put_back(current, err, settings)
         return
     except RenderError as err:
@@ -359,7 +355,7 @@ def _put_back(current: Any, err: RenderError, settings: Settings) -> None:
         raise err
     # A lease lapses lease_ttl_s after its holder stops renewing it, so that
     # is when a takeover can first succeed; a live holder is asked again then.
-    busy = isinstance(err, pipeline.LeaseBusy)
+    busy = isinstance(err, LeaseBusy)
     delay_ms = int(settings.lease_ttl_s * 1000) if busy else settings.retry_min_backoff_ms
     _requeue(current, max(delay_ms, settings.retry_min_backoff_ms), err.message)
 
@@ -372,7 +368,7 @@ def _render_part(body: dict[str, Any]) -> None:
         outcome = pipeline.process_part(
             body, _deps(), last_attempt=retries >= settings.max_retries, cancel=_shutdown_event()
         )
-    except (pipeline.LeaseBusy, Cancelled) as err:
+    except (LeaseBusy, Cancelled) as err:
         _put_back(current, err, settings)
         return
     except RenderError as err:

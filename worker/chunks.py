@@ -4,7 +4,7 @@ Pure: no I/O, no ffmpeg. :func:`plan_chunks` takes the snapped :class:`~worker.p
 render and cuts its *output* frames into contiguous ranges; the graph builder (worker/graph.py,
 ``build_chunk_graph``) turns one chunk into an ffmpeg run that encodes only those frames, and
 :func:`concat_list` / :func:`assembly_args` describe the stream-copy join of the encoded pieces with the
-audio, which is rendered once, whole (worker/render.py).
+audio, which is rendered once, whole (worker/render/parts.py).
 
 Why cut the output, not the source: every output frame belongs to exactly one chunk, so the joined file
 is the whole render's frames in order by construction; a chunk only has to know which parts of which
@@ -175,7 +175,7 @@ def plan_chunks(
     return ChunkPlan(rate=rate, total=total, chunks=tuple(chunks))
 
 
-def piece_name(index: int, extension: str = "mp4") -> str:
+def piece_name(index: int, extension: str) -> str:
     """The file name of chunk ``index``'s encoded piece: fixed width, so names sort in chunk order."""
     return f"chunk-{index:05d}.{extension}"
 

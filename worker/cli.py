@@ -272,23 +272,17 @@ def render(
         spec = output_spec(fmt, resolution, _int(video_bitrate), _int(audio_bitrate))
         with cancel_on_signals() as (cancel, got), _Progress(not quiet) as progress:
             try:
-                if chunks > 1:
-                    from worker.render import render_chunked
-
-                    result = render_chunked(
-                        source,
-                        segments,
-                        spec,
-                        output,
-                        chunks=chunks,
-                        settings=settings,
-                        on_progress=progress,
-                        cancel=cancel,
-                    )
-                else:
-                    result = do_render(
-                        source, segments, spec, output, settings=settings, on_progress=progress, cancel=cancel
-                    )
+                # The planner decides whether the render really splits (worker/planner.py, strategy_for).
+                result = do_render(
+                    source,
+                    segments,
+                    spec,
+                    output,
+                    settings=settings,
+                    on_progress=progress,
+                    cancel=cancel,
+                    chunks=chunks if chunks > 1 else None,
+                )
             except Cancelled:
                 if got:
                     raise Interrupted(got[0]) from None
@@ -336,7 +330,8 @@ def graph(
 ) -> None:
     """Print the exact ffmpeg command and filter graph, without running them."""
     from worker import ffmpeg
-    from worker.render import Limits, command_for, plan_render
+    from worker.planner import Limits, plan_render
+    from worker.render import command_for
 
     settings = Settings.from_env()
     try:
@@ -369,7 +364,7 @@ def export_cmd(source: Path, cut: Path | None, fmt: str, output: Path, force: bo
     xmeml (FCP 7 XML: Premiere Pro, Resolve), fcpxml (Final Cut Pro), edl (CMX 3600) or otio
     (OpenTimelineIO). The clips are the frames a render of the same plan keeps; no ffmpeg runs.
     """
-    from worker.export import export_file
+    from worker.exports.file import export_file
 
     settings = Settings.from_env(warn_unknown=False)  # the group checked (and warned about) them already
     try:

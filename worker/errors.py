@@ -9,17 +9,24 @@ Tree::
 
     RenderError                     code, message, transient
     ├── InvalidJob                  invalid_job          (permanent)
+    │   ├── IntakeBug               invalid_job          (a validator raised something else: logged as a bug)
+    │   └── UnrecordableJob         invalid_job          (no usable render id: dead-lettered, no record to fail)
     ├── SourceError                 source_* codes       (permanent)
     ├── EncodeError                 encode_failed        (permanent; an NVENC one falls back to CPU in the job)
+    ├── ChunkStalled                encode_failed        (a chunk made no progress: transient, put back)
     ├── StorageError                storage_failed       (transient until retries run out)
     ├── DiskFull                    disk_full            (the host's: transient, another worker with disk takes it)
     ├── RenderTimeout               timeout              (permanent)
     ├── Cancelled                   internal_error       (the job was asked to stop: shutdown; retried elsewhere)
     ├── CancelRequested             internal_error       (the render's record was cancelled: stop for good)
+    ├── LeaseBusy                   internal_error       (another live worker holds the render: step aside)
+    ├── EventNotQueued              internal_error       (the record is final, its event not handed over: retried)
+    ├── WebhookNotDelivered         internal_error       (a receiver refused or timed out: the delivery retries)
     └── ConfigError                 internal_error       (the operator's: a bad RENDER_* setting stops the
                                                           process; missing credentials fail the job once)
 
-``transient`` is what the queue layer uses to decide whether to retry.
+``transient`` is what the queue layer uses to decide whether to retry. Every exception that changes a retry
+decision is in this tree.
 """
 
 from __future__ import annotations
@@ -215,3 +222,38 @@ class ConfigError(RenderError):
     """
 
     code = ErrorCode.INTERNAL_ERROR
+
+
+class IntakeBug(InvalidJob):
+    """A validation step raised something other than :class:`InvalidJob`: still the input's fault, but a bug."""
+
+
+class UnrecordableJob(InvalidJob):
+    """A message so malformed it has no render id: it can only go to the dead-letter queue."""
+
+
+class ChunkStalled(RenderError):
+    """A chunk made no progress for its lease time: stopped and put back on the queue."""
+
+    code = ErrorCode.ENCODE_FAILED
+    transient = True
+
+
+class LeaseBusy(RenderError):
+    """Another live worker holds this render; come back later (a duplicate delivery)."""
+
+    code = ErrorCode.INTERNAL_ERROR
+    transient = True
+
+
+class EventNotQueued(RenderError):
+    """The record is final but its event could not be handed over: redeliver, and the event goes out then."""
+
+    code = ErrorCode.INTERNAL_ERROR
+    transient = True
+
+
+class WebhookNotDelivered(RenderError):
+    """A webhook attempt failed (the receiver's 5xx, a timeout, a refused address): the delivery is retried."""
+
+    transient = True

@@ -596,15 +596,17 @@ def chunk_ffmpeg_args(
     output_file: str,
     *,
     max_pixels: int,
+    muxer: str,
     tiers: Tiers | None = None,
 ) -> list[str]:
-    """The ffmpeg arguments that encode one chunk's frames, after its pre-roll (no audio), into an mp4.
+    """The ffmpeg arguments that encode one chunk's frames, after its pre-roll (no audio), into a piece
+    written by ``muxer`` (the format's piece preset's).
 
     One input per run, each opened with the same hardening as a whole render and seeked with ``-ss``
     before ``-i`` (to the keyframe before the run, then an exact discard), bounded with ``-t``. Same
     encoder, preset and rate control as the whole render, plus :data:`CHUNK_ENCODER_ARGS` and a forced
     keyframe on the first frame after the pre-roll, so that once the pre-roll is dropped
-    (``worker.render.render_chunk``) every piece starts with an IDR frame in a closed GOP.
+    (``worker.render.parts.render_chunk``) every piece starts with an IDR frame in a closed GOP.
     """
     tiers = tiers or load_tiers()
     assert preset.video_codec is not None and info.video is not None
@@ -619,7 +621,7 @@ def chunk_ffmpeg_args(
     args += ["-/filter_complex", graph_file]
     args += _video_encode_args(info, preset, enc, tiers)
     args += [*CHUNK_ENCODER_ARGS.get(preset.video_codec, ()), *first_frame_key(chunk)]
-    args += ["-map_metadata", "-1", "-map_chapters", "-1", "-f", "mp4", output_file]
+    args += ["-map_metadata", "-1", "-map_chapters", "-1", "-f", muxer, output_file]
     return args
 
 
@@ -631,9 +633,11 @@ def audio_ffmpeg_args(
     output_file: str,
     *,
     max_pixels: int,
+    muxer: str,
     tiers: Tiers | None = None,
 ) -> list[str]:
     """The ffmpeg arguments that encode a video render's whole audio (``build_graph(..., audio_only=True)``)
-    with the render's own audio codec and bitrate into an m4a, which assembly muxes by stream copy."""
-    audio = dataclasses.replace(preset, has_video=False, video_codec=None, muxer="mp4", muxer_args=())
+    with the render's own audio codec and bitrate into a piece written by ``muxer`` (the audio piece
+    preset's), which assembly muxes by stream copy."""
+    audio = dataclasses.replace(preset, has_video=False, video_codec=None, muxer=muxer, muxer_args=())
     return ffmpeg_args(info, audio, enc, graph_file, output_file, max_pixels=max_pixels, tiers=tiers)

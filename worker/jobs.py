@@ -24,7 +24,7 @@ from collections.abc import Callable, Collection
 from typing import Any, ParamSpec, TypeVar
 
 from worker import webhooks
-from worker.errors import InvalidJob, excerpt, redact
+from worker.errors import IntakeBug, InvalidJob, excerpt, redact
 from worker.output import OutputSpec
 from worker.plan import Segment, parse_segments
 from worker.storage.base import check_source_bucket, parse_uri
@@ -41,10 +41,6 @@ _REASON_CHARS = 160
 
 P = ParamSpec("P")
 T = TypeVar("T")
-
-
-class IntakeBug(InvalidJob):
-    """A validation step raised something other than :class:`InvalidJob`: still the input's fault, but a bug."""
 
 
 def _total(fn: Callable[P, T]) -> Callable[P, T]:

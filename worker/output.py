@@ -10,13 +10,26 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from worker import exports
 from worker.errors import InvalidJob, excerpt
-from worker.presets import FORMATS, Tiers, load_tiers
+from worker.presets import FORMATS, Tiers, load_preset, load_tiers
 
-#: Editor exports (DESIGN, "Editor exports"): timeline documents, never encoded; see worker/export.py.
-EXPORT_FORMATS = ("xmeml", "fcpxml", "edl", "otio")
-#: Everything ``output.format`` accepts: the four media formats, then the four exports.
+#: Editor exports (DESIGN, "Editor exports"): timeline documents, never encoded; their table is worker/exports.
+EXPORT_FORMATS = exports.NAMES
+#: Everything ``output.format`` accepts: the media formats (one a preset file), then the exports.
 OUTPUT_FORMATS = FORMATS + EXPORT_FORMATS
+
+
+def extension_of(fmt: str) -> str:
+    """The stored object's extension for ``fmt``: the preset's for media, the export table's for a document."""
+    kind = exports.FORMATS.get(fmt)
+    return kind.extension if kind is not None else load_preset(fmt).extension
+
+
+def content_type_of(fmt: str) -> str:
+    """The stored object's content type for ``fmt`` (from the same two tables as :func:`extension_of`)."""
+    kind = exports.FORMATS.get(fmt)
+    return kind.content_type if kind is not None else load_preset(fmt).content_type
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,7 +1,10 @@
 """Encoding presets, loaded from the TOML files in ``presets/``.
 
 Presets are data so that operators can tune encoder flags without touching
-code. Each output format has one file with a ``cpu`` and an ``nvenc`` variant;
+code. Each output format has one file with a ``cpu`` and an ``nvenc`` variant,
+and the formats are the files: a new media format is a new ``presets/<name>.toml``
+(its container, muxer flags, codecs, and for a video format the formats of its
+chunk pieces), plus an encoder entry only where it has a GPU variant.
 ``tiers.toml`` holds the public option vocabulary (resolutions, bitrate tiers)
 and the Auto defaults.
 
@@ -19,8 +22,9 @@ from typing import Any
 
 from worker.errors import InvalidJob, RenderError
 
-FORMATS = ("mp4", "mov", "m4a", "mp3")
 VARIANTS = ("cpu", "nvenc")
+#: The data file that is not a format.
+_TIERS_FILE = "tiers.toml"
 
 
 def presets_dir() -> Path:
@@ -47,6 +51,9 @@ class Preset:
     audio_max_channels: int
     audio_sample_rates: tuple[int, ...]
     source_file: str
+    #: A video format's chunk pieces: the format each chunk's frames are encoded into, and the audio's.
+    piece_format: str | None = None
+    audio_piece_format: str | None = None
 
     @property
     def encoder(self) -> str:
@@ -80,6 +87,20 @@ def _load_toml(path: Path) -> dict[str, Any]:
 
 
 @functools.cache
+def media_formats() -> tuple[str, ...]:
+    """The media output formats: one per preset file, in the files' ``order``."""
+    found = []
+    for path in presets_dir().glob("*.toml"):
+        if path.name != _TIERS_FILE:
+            data = _load_toml(path)
+            found.append((int(data.get("order", 1000)), path.stem))
+    return tuple(name for _, name in sorted(found))
+
+
+FORMATS = media_formats()
+
+
+@functools.cache
 def load_tiers() -> Tiers:
     data = _load_toml(presets_dir() / "tiers.toml")
     return Tiers(
@@ -105,7 +126,7 @@ def load_preset(fmt: str, variant: str = "cpu") -> Preset:
         var = data["variants"][variant]
         video = var.get("video") if data["video"] else None
         audio = data["audio"]
-        return Preset(
+        preset = Preset(
             format=data["format"],
             variant=variant,
             extension=data["extension"],
@@ -120,9 +141,15 @@ def load_preset(fmt: str, variant: str = "cpu") -> Preset:
             audio_max_channels=int(audio["max_channels"]),
             audio_sample_rates=tuple(int(x) for x in audio["sample_rates"]),
             source_file=str(path),
+            piece_format=data.get("piece") if data["video"] else None,
+            audio_piece_format=data.get("audio_piece") if data["video"] else None,
         )
     except (KeyError, TypeError) as exc:
         raise RenderError(f"preset file {path} is missing or mistypes a field: {exc}") from exc
+    for piece in (preset.piece_format, preset.audio_piece_format):
+        if piece is not None and piece not in FORMATS:
+            raise RenderError(f"preset file {path} names a piece format with no preset: {piece!r}")
+    return preset
 
 
 def all_presets() -> list[Preset]:

@@ -1,0 +1,97 @@
+"""The ``chunked`` strategy on one machine: each chunk and the audio in their own ffmpeg process, at once,
+then joined by stream copy (``render-cli render --chunks N``). Through the queue the same three steps
+(worker/render/parts.py) run as messages on any worker instead (worker/pipeline/chunked.py).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from worker import scratch
+from worker.chunks import ChunkPlan
+from worker.errors import Cancelled
+from worker.planner import Plan
+from worker.render.parts import assemble, audio_file_name, chunk_file_name, render_audio, render_chunk
+from worker.render.result import RenderResult, result_of
+from worker.settings import Settings
+
+
+def render_chunked(
+    plan: Plan,
+    chunks: ChunkPlan,
+    output: str | os.PathLike[str],
+    *,
+    settings: Settings,
+    on_progress: Callable[[float], None] | None = None,
+    cancel: threading.Event | None = None,
+    deadline: float | None = None,
+    on_encoder: Callable[[str], None] | None = None,
+) -> RenderResult:
+    """Render ``plan`` in ``chunks`` on this machine.
+
+    Progress is the sum over the chunks, weighted by their frames. Cancel, the deadline or any failure
+    stops every process; nothing is left behind.
+    """
+    started = time.monotonic()
+    out_path = Path(output)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    ffmpeg_bin = settings.ffmpeg_path or None
+    stop = threading.Event()  # set on cancel or the first failure: every other ffmpeg is killed
+    done = [0.0] * len(chunks.chunks)
+    lock = threading.Lock()
+    if on_encoder is not None:
+        on_encoder(plan.preset.encoder)  # chunks encode on the CPU preset (worker/render/parts.py)
+
+    def progress(k: int) -> Callable[[float], None]:
+        def report(ratio: float) -> None:
+            with lock:
+                done[k] = ratio * chunks.chunks[k].frames
+                total = sum(done) / chunks.total
+            if on_progress is not None:
+                on_progress(min(total, 0.99))  # 1.0 once assembled
+
+        return report
+
+    with scratch.temp_dir("render-chunks", settings.work_dir) as tmp:
+        names = [Path(tmp) / chunk_file_name(plan.preset, c.index) for c in chunks.chunks]
+        audio = Path(tmp) / audio_file_name(plan.preset)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(names) + 1) as pool:
+            futures = [
+                pool.submit(render_audio, plan, audio, ffmpeg_bin=ffmpeg_bin, cancel=stop, deadline=deadline),
+                *(
+                    pool.submit(
+                        render_chunk,
+                        plan,
+                        chunks,
+                        c.index,
+                        names[c.index],
+                        ffmpeg_bin=ffmpeg_bin,
+                        on_progress=progress(c.index),
+                        cancel=stop,
+                        deadline=deadline,
+                    )
+                    for c in chunks.chunks
+                ),
+            ]
+            pending = set(futures)
+            while pending:
+                finished, pending = concurrent.futures.wait(pending, timeout=0.1, return_when="FIRST_EXCEPTION")
+                if cancel is not None and cancel.is_set():
+                    stop.set()
+                if any(f.exception() is not None for f in finished):
+                    stop.set()
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("the render was cancelled")
+        # The first real failure, not the Cancelled of the processes stopped because of it.
+        errors = [f.exception() for f in futures if f.exception() is not None]
+        if errors:
+            raise next((e for e in errors if not isinstance(e, Cancelled)), errors[0])  # type: ignore[misc]
+        assemble(plan, chunks, names, audio, out_path, ffmpeg_bin=ffmpeg_bin, cancel=cancel, deadline=deadline)
+    if on_progress is not None:
+        on_progress(1.0)
+    return result_of(plan, plan.preset, out_path, started, None)

@@ -1,0 +1,231 @@
+"""The three steps of a chunked render, each runnable on a different worker (worker/pipeline/chunked.py)
+or side by side on one (worker/render/chunked.py):
+
+* :func:`render_chunk`: one chunk's frames into one video piece (the format's ``piece`` preset);
+* :func:`render_audio`: the render's whole audio, once, into the ``audio_piece`` format;
+* :func:`assemble`: the pieces and the audio joined into the output by stream copy, checked against the plan.
+
+Chunks encode on the CPU preset on every worker, so that pieces from different hosts join into one stream.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Sequence
+from fractions import Fraction
+from pathlib import Path
+
+from worker import ffmpeg
+from worker.chunks import ChunkPlan, assembly_args, concat_list, piece_durations_us, piece_name
+from worker.errors import EncodeError, ErrorCode, SourceError
+from worker.graph import audio_ffmpeg_args, build_chunk_graph, build_graph, chunk_ffmpeg_args
+from worker.planner import Plan
+from worker.presets import Preset, load_preset
+from worker.render.packets import drop_preroll, frames_and_first_key
+from worker.render.result import verify_output
+
+
+def piece_preset(preset: Preset) -> Preset:
+    """The preset a chunk's video piece is written with: ``preset``'s own codec, in its piece container."""
+    if preset.piece_format is None:
+        raise EncodeError(f"{preset.format} names no piece format: it cannot be chunked")
+    return load_preset(preset.piece_format, "cpu")
+
+
+def audio_piece_preset(preset: Preset) -> Preset:
+    """The preset a chunked render's audio piece is written with."""
+    if preset.audio_piece_format is None:
+        raise EncodeError(f"{preset.format} names no audio piece format: it cannot be chunked")
+    return load_preset(preset.audio_piece_format, "cpu")
+
+
+def chunk_file_name(preset: Preset, index: int) -> str:
+    """The file (and object) name of chunk ``index``'s piece of a ``preset`` render: ``chunk-00003.mp4``."""
+    return piece_name(index, piece_preset(preset).extension)
+
+
+def audio_file_name(preset: Preset) -> str:
+    """The file (and object) name of a chunked ``preset`` render's audio: ``audio.m4a``."""
+    return f"audio.{audio_piece_preset(preset).extension}"
+
+
+def render_chunk(
+    plan: Plan,
+    chunks: ChunkPlan,
+    index: int,
+    output: str | os.PathLike[str],
+    *,
+    ffmpeg_bin: str | None = None,
+    on_progress: Callable[[float], None] | None = None,
+    cancel: threading.Event | None = None,
+    deadline: float | None = None,
+) -> Path:
+    """Encode chunk ``index``'s frames into the video piece ``output`` (CPU preset; no audio).
+
+    The encoder sees the chunk's pre-roll first (:data:`worker.chunks.PREROLL_S`), which is then dropped
+    by a stream copy. The piece appears only when complete and checked: exactly the chunk's frames, the
+    first one a keyframe (an IDR frame, so it joins by stream copy).
+    """
+    chunk = chunks.chunks[index]
+    preset = plan.preset
+    piece = piece_preset(preset)
+    out_path = Path(output)
+    partial = ffmpeg.temp_output_path(out_path, "." + piece.extension)
+    encoded = ffmpeg.temp_output_path(out_path, f".preroll.{piece.extension}") if chunk.preroll else partial
+    graph_file = out_path.with_name(f".{out_path.name}.graph.txt")
+    graph_file.write_text(build_chunk_graph(plan.info, plan.timeline, chunk, preset, plan.encode), encoding="utf-8")
+    args = chunk_ffmpeg_args(
+        plan.info,
+        plan.timeline,
+        chunk,
+        preset,
+        plan.encode,
+        str(graph_file),
+        str(encoded),
+        max_pixels=plan.limits.max_source_pixels,
+        muxer=piece.muxer,
+    )
+    try:
+        ffmpeg.run(
+            args,
+            ffmpeg=ffmpeg_bin,
+            expected_duration_s=chunks.seconds(chunk.encoded),
+            on_progress=on_progress,
+            cancel=cancel,
+            deadline=deadline,
+            decoders=(plan.info.video.codec,) if plan.info.video is not None else (),
+        )
+        if chunk.preroll:
+            drop_preroll(encoded, partial, chunk, chunks.rate, piece.muxer)
+        frames, first_key = frames_and_first_key(partial)
+        if frames != chunk.frames:
+            raise SourceError(
+                f"chunk {index} has {frames} of {chunk.frames} frames (truncated or damaged source)",
+                code=ErrorCode.SOURCE_UNREADABLE if frames < chunk.frames else ErrorCode.ENCODE_FAILED,
+            )
+        if not first_key:
+            raise EncodeError(f"chunk {index} does not start with a keyframe; it cannot be joined by stream copy")
+        os.replace(partial, out_path)
+    finally:
+        partial.unlink(missing_ok=True)
+        encoded.unlink(missing_ok=True)
+        graph_file.unlink(missing_ok=True)
+    return out_path
+
+
+def render_audio(
+    plan: Plan,
+    output: str | os.PathLike[str],
+    *,
+    ffmpeg_bin: str | None = None,
+    on_progress: Callable[[float], None] | None = None,
+    cancel: threading.Event | None = None,
+    deadline: float | None = None,
+) -> Path:
+    """Encode a video render's whole audio (the whole render's own audio graph and encoder) into its piece."""
+    preset = plan.preset
+    piece = audio_piece_preset(preset)
+    out_path = Path(output)
+    partial = ffmpeg.temp_output_path(out_path, "." + piece.extension)
+    graph_file = out_path.with_name(f".{out_path.name}.graph.txt")
+    graph = build_graph(plan.info, plan.timeline, preset, plan.encode, audio_only=True)
+    graph_file.write_text(graph, encoding="utf-8")
+    args = audio_ffmpeg_args(
+        plan.info,
+        preset,
+        plan.encode,
+        str(graph_file),
+        str(partial),
+        max_pixels=plan.limits.max_source_pixels,
+        muxer=piece.muxer,
+    )
+    try:
+        ffmpeg.run(
+            args,
+            ffmpeg=ffmpeg_bin,
+            expected_duration_s=plan.timeline.duration,
+            on_progress=on_progress,
+            cancel=cancel,
+            deadline=deadline,
+            decoders=(plan.info.audio.codec,) if plan.info.audio is not None else (),
+        )
+        verify_output(partial, plan, has_video=False)
+        os.replace(partial, out_path)
+    finally:
+        partial.unlink(missing_ok=True)
+        graph_file.unlink(missing_ok=True)
+    return out_path
+
+
+def verify_assembled(path: Path, plan: Plan) -> None:
+    """The joined file holds exactly the planned frames, and its picture and sound last the planned time.
+
+    Frames are counted packet by packet (not from the header), and the video's duration must be within
+    half a frame of the plan, the audio's within one frame of it (AAC's declared length, its priming and
+    padding trimmed by the container).
+    """
+    import av
+
+    want = plan.timeline.total_units
+    planned = Fraction(want) / plan.timeline.rate
+    frames, first_key = frames_and_first_key(path)
+    try:
+        with av.open(str(path)) as container:
+            v = container.streams.video[0]
+            a = container.streams.audio[0]
+            v_dur = Fraction(v.duration or 0) * Fraction(v.time_base or 0)
+            a_dur = Fraction(a.duration or 0) * Fraction(a.time_base or 0)
+            audio_tracks = len(container.streams.audio)
+    except (av.error.FFmpegError, IndexError) as exc:
+        raise SourceError(f"assembly produced an unreadable file ({exc})", code=ErrorCode.ENCODE_FAILED) from exc
+    frame = 1 / plan.timeline.rate
+    problems = []
+    if frames != want:
+        problems.append(f"{frames} of {want} frames")
+    if abs(v_dur - planned) > frame / 2:
+        problems.append(f"video lasts {float(v_dur):.3f} s, the plan {float(planned):.3f} s")
+    if abs(a_dur - planned) > frame:
+        problems.append(f"audio lasts {float(a_dur):.3f} s, the plan {float(planned):.3f} s")
+    if audio_tracks != 1 or not first_key:
+        problems.append(f"{audio_tracks} audio tracks, first frame key: {first_key}")
+    if problems:
+        raise EncodeError("the assembled render does not match its plan: " + "; ".join(problems))
+
+
+def assemble(
+    plan: Plan,
+    chunks: ChunkPlan,
+    pieces: Sequence[str | os.PathLike[str]],
+    audio: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    ffmpeg_bin: str | None = None,
+    cancel: threading.Event | None = None,
+    deadline: float | None = None,
+) -> Path:
+    """Join the chunks' pieces (in chunk order, all in one directory) and the audio into ``output``.
+
+    A stream copy: nothing is decoded, so an hour of output assembles in seconds. The concat list is
+    written beside the pieces and names only them (:func:`worker.chunks.concat_list`). The result is
+    verified against the plan (:func:`verify_assembled`) before it is renamed into place.
+    """
+    paths = [Path(p) for p in pieces]
+    if not paths or len({p.parent.resolve() for p in paths}) != 1:
+        raise EncodeError("assembly needs the pieces in one directory")
+    preset = plan.preset
+    out_path = Path(output)
+    list_file = paths[0].with_name(".pieces.ffconcat")
+    if len(paths) != len(chunks.chunks):
+        raise EncodeError(f"assembly needs {len(chunks.chunks)} pieces, got {len(paths)}")
+    list_file.write_text(concat_list([p.name for p in paths], piece_durations_us(chunks)), encoding="utf-8")
+    partial = ffmpeg.temp_output_path(out_path, "." + preset.extension)
+    args = assembly_args(str(list_file), str(audio), str(partial), muxer=preset.muxer, muxer_args=preset.muxer_args)
+    try:
+        ffmpeg.run(args, ffmpeg=ffmpeg_bin, cancel=cancel, deadline=deadline)
+        verify_assembled(partial, plan)
+        os.replace(partial, out_path)
+    finally:
+        partial.unlink(missing_ok=True)
+        list_file.unlink(missing_ok=True)
+    return out_path
