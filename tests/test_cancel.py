@@ -183,8 +183,8 @@ def test_a_crashed_workers_render_cancelled_meanwhile_is_not_resurrected(deps: D
     renderer = deps.renderer = WaitingRenderer()
     assert deps.records.start("rnd_1", "dead-worker", 30, {"asset_id": "ast_1", "output": {"format": "m4a"}})
     storage = storage_of(deps)
-    with storage._lock:
-        storage.objects[(storage.output_bucket, KEY)] = storage.objects[("media", "assets/ast_1/source.wav")]
+    source = storage.objects[("media", "assets/ast_1/source.wav")]
+    storage.seed(f"s3://{storage.output_bucket}/{KEY}", source.data, source.content_type)
     assert deps.records.cancel("rnd_1", "stop").state == "processing"
     assert process(job(), deps, last_attempt=False) is Outcome.CANCELLED
     assert renderer.runs == 0

@@ -178,6 +178,22 @@ def test_drop_frame_round_trip_over_a_day() -> None:
             assert parse_timecode(timecode(n, rate, True), rate) == n
 
 
+@pytest.mark.parametrize("rate", [Fraction(24000, 1001), Fraction(24), Fraction(25), R2997, Fraction(30), Fraction(50)])
+def test_timecode_agrees_with_opentimelineio_where_both_count(rate: Fraction) -> None:
+    """Why the arithmetic is ours (worker/exports/timecode.py): OTIO's refuses the rates xmeml and FCPXML carry as
+    frame counts, but where both have a timecode they agree, frame for frame, drop-frame included."""
+    ot = otio.opentime
+    drop = rate == R2997
+    for n in [*range(0, 30 * 3600 * 25, 7919), 17_981, 17_982, 1799, 1800]:
+        ours = timecode(n, rate, drop)
+        theirs = ot.to_timecode(ot.RationalTime(n, float(rate)), float(rate), drop_frame=drop)
+        assert ours == theirs, (n, rate)
+        assert parse_timecode(ours, rate) == round(ot.from_timecode(ours, float(rate)).value)
+    with pytest.raises(ValueError):
+        ot.to_timecode(ot.RationalTime(20, 20.0), 20.0)  # an EDL-less rate: OTIO has no timecode for it
+    assert timecode(20, Fraction(20), False) == "00:00:01:00"
+
+
 @pytest.mark.parametrize("bad", ["", "garbage", "25:61:00:00", "00:00:00:30", "00:01:00;00", "1" * 40, None])
 def test_a_tenants_odd_timecode_is_ignored(bad: str | None) -> None:
     # 00:01:00;00 is a frame number drop-frame timecode skips; 00:00:00:30 has no room at 30 frames a second

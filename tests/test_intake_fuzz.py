@@ -346,7 +346,7 @@ def test_process_fails_every_bad_message_with_a_bounded_record_and_one_event(raw
         outcome = process(raw, deps, last_attempt=True)
     except UnrecordableJob as err:
         check_message(err.message, raw)
-        assert recorder.sent == [] and isinstance(deps.records, MemoryRecordStore) and deps.records._data == {}
+        assert recorder.sent == [] and isinstance(deps.records, MemoryRecordStore) and deps.records.render_ids() == []
         return
     assert outcome is Outcome.FAILED
     render_id = raw["render_id"]

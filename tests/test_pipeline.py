@@ -204,7 +204,7 @@ def test_garbage_without_a_render_id_is_unrecordable(deps: Deps, raw: Any) -> No
     assert info.value.code is ErrorCode.INVALID_JOB and not info.value.transient
     assert "render_id" in info.value.message
     assert sent(deps) == []
-    assert isinstance(deps.records, MemoryRecordStore) and deps.records._data == {}
+    assert isinstance(deps.records, MemoryRecordStore) and deps.records.render_ids() == []
 
 
 def test_transient_storage_error_with_retries_left_raises_and_releases_the_lease(deps: Deps) -> None:

@@ -499,6 +499,11 @@ class MemoryRecordStore(RecordStore):
         self._stored: dict[str, set[int]] = {}
         self._chunk_frames: dict[str, dict[int, int]] = {}
 
+    def render_ids(self) -> list[str]:
+        """Every render this store holds a record of (tests: that a refused message wrote none)."""
+        with self._lock:
+            return sorted(self._data)
+
     def _holder(self, render_id: str) -> str | None:
         lease = self._leases.get(render_id)
         if lease is None:

@@ -16,7 +16,7 @@ from worker import scratch
 from worker.chunks import ChunkPlan
 from worker.errors import Cancelled
 from worker.planner import Plan
-from worker.render.parts import assemble, audio_file_name, chunk_file_name, render_audio, render_chunk
+from worker.render import parts
 from worker.render.result import RenderResult, result_of
 from worker.settings import Settings
 
@@ -58,14 +58,14 @@ def render_chunked(
         return report
 
     with scratch.temp_dir("render-chunks", settings.work_dir) as tmp:
-        names = [Path(tmp) / chunk_file_name(plan.preset, c.index) for c in chunks.chunks]
-        audio = Path(tmp) / audio_file_name(plan.preset)
+        names = [Path(tmp) / parts.chunk_file_name(plan.preset, c.index) for c in chunks.chunks]
+        audio = Path(tmp) / parts.audio_file_name(plan.preset)
         with concurrent.futures.ThreadPoolExecutor(max_workers=len(names) + 1) as pool:
             futures = [
-                pool.submit(render_audio, plan, audio, ffmpeg_bin=ffmpeg_bin, cancel=stop, deadline=deadline),
+                pool.submit(parts.render_audio, plan, audio, ffmpeg_bin=ffmpeg_bin, cancel=stop, deadline=deadline),
                 *(
                     pool.submit(
-                        render_chunk,
+                        parts.render_chunk,
                         plan,
                         chunks,
                         c.index,
@@ -91,7 +91,7 @@ def render_chunked(
         errors = [f.exception() for f in futures if f.exception() is not None]
         if errors:
             raise next((e for e in errors if not isinstance(e, Cancelled)), errors[0])  # type: ignore[misc]
-        assemble(plan, chunks, names, audio, out_path, ffmpeg_bin=ffmpeg_bin, cancel=cancel, deadline=deadline)
+        parts.assemble(plan, chunks, names, audio, out_path, ffmpeg_bin=ffmpeg_bin, cancel=cancel, deadline=deadline)
     if on_progress is not None:
         on_progress(1.0)
     return result_of(plan, plan.preset, out_path, started, None)

@@ -172,11 +172,8 @@ def verify_assembled(path: Path, plan: Plan) -> None:
     frames, first_key = frames_and_first_key(path)
     try:
         with av.open(str(path)) as container:
-            v = container.streams.video[0]
-            a = container.streams.audio[0]
-            v_dur = Fraction(v.duration or 0) * Fraction(v.time_base or 0)
-            a_dur = Fraction(a.duration or 0) * Fraction(a.time_base or 0)
             audio_tracks = len(container.streams.audio)
+        v_dur, a_dur = _stream_duration(path, "video"), _stream_duration(path, "audio")
     except (av.error.FFmpegError, IndexError) as exc:
         raise SourceError(f"assembly produced an unreadable file ({exc})", code=ErrorCode.ENCODE_FAILED) from exc
     frame = 1 / plan.timeline.rate
@@ -191,6 +188,24 @@ def verify_assembled(path: Path, plan: Plan) -> None:
         problems.append(f"{audio_tracks} audio tracks, first frame key: {first_key}")
     if problems:
         raise EncodeError("the assembled render does not match its plan: " + "; ".join(problems))
+
+
+def _stream_duration(path: Path, kind: str) -> Fraction:
+    """How long the first ``kind`` stream of ``path`` lasts: the header's figure where the container keeps one
+    (mp4, mov), else from its packets, first start to last end (Matroska keeps none per stream)."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0] if kind == "video" else container.streams.audio[0]
+        tb = Fraction(stream.time_base or 0)
+        if stream.duration:
+            return Fraction(stream.duration) * tb
+        starts, ends = [], []
+        for packet in container.demux(stream):
+            if packet.size and packet.pts is not None:
+                starts.append(packet.pts)
+                ends.append(packet.pts + (packet.duration or 0))
+        return Fraction(max(ends) - min(starts)) * tb if starts else Fraction(0)
 
 
 def assemble(
