@@ -374,3 +374,19 @@ def test_caches_of_dead_processes_are_removed(tmp_path: Path) -> None:
     live.mkdir()
     SourceCache(tmp_path)
     assert not stale.exists() and live.exists()
+
+
+def test_a_chunked_render_through_the_queue_measures_its_loudness_once(deps: Deps, queue: Queue) -> None:
+    """The audio part measures all the kept audio and applies one gain; the assembly's record carries it."""
+    loud = {**job(), "output": {**job()["output"], "loudness": "broadcast"}}
+    assert process(loud, deps, last_attempt=False) is Outcome.DISPATCHED
+    for body in [*queue.take("audio"), *queue.take("chunk")]:
+        assert process_part(body, deps, last_attempt=False) is Outcome.STORED
+    (assembly,) = queue.take("assembly")
+    assert process_part(assembly, deps, last_attempt=False) is Outcome.COMPLETED
+    rec = deps.records.get("rnd_1")
+    assert rec is not None and rec["state"] == "completed"
+    report = rec["loudness"]
+    assert report["target"] == "broadcast" and report["mode"] in ("linear", "limited")
+    assert abs(report["output"]["integrated"] + 23) <= 0.2
+    assert rec["output"]["loudness"] == "broadcast"

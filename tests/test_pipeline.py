@@ -494,3 +494,17 @@ def test_the_download_is_named_after_the_source(deps: Deps, media: dict[str, Pat
     assert rec["output_key"].endswith("/rnd_1.m4a")  # the stored object keeps the render id's name
     assert process(job("rnd_2", segments=None), deps, last_attempt=False) is Outcome.COMPLETED
     assert (deps.records.get("rnd_2") or {})["download_name"] == "source.full.m4a"
+
+
+def test_a_loudness_target_is_measured_applied_and_recorded(deps: Deps) -> None:
+    msg = job(output={"format": "m4a", "loudness": "podcast"})
+    assert process(msg, deps, last_attempt=False) is Outcome.COMPLETED
+    rec = deps.records.get("rnd_1")
+    assert rec is not None and rec["state"] == "completed" and rec["output"]["loudness"] == "podcast"
+    report = rec["loudness"]
+    assert report["target"] == "podcast" and report["mode"] in ("linear", "limited")
+    assert abs(report["output"]["integrated"] + 16) <= 0.2 and report["input"]["integrated"] < -16
+    plain = job("rnd_2")
+    assert process(plain, deps, last_attempt=False) is Outcome.COMPLETED
+    rec2 = deps.records.get("rnd_2")
+    assert rec2 is not None and rec2["loudness"] is None and "loudness" not in rec2["output"]

@@ -22,6 +22,7 @@ import click
 
 from worker import presets as presets_mod
 from worker.errors import ErrorCode, InvalidJob, RenderError, excerpt
+from worker.loudness import TARGETS
 from worker.output import EXPORT_FORMATS, OutputSpec
 from worker.plan import Segment, parse_plan, plan_byte_limit
 from worker.settings import Settings
@@ -75,8 +76,11 @@ def load_plan(path: Path | None, max_segments: int) -> list[Segment] | None:
     return parse_plan(data, max_segments=max_segments, source=f"cut plan {path}")
 
 
-def output_spec(fmt: str, resolution: str | None, vb: int | None, ab: int | None) -> OutputSpec:
-    return OutputSpec.from_dict({"format": fmt, "resolution": resolution, "video_bitrate": vb, "audio_bitrate": ab})
+def output_spec(
+    fmt: str, resolution: str | None, vb: int | None, ab: int | None, loudness: str | None = None
+) -> OutputSpec:
+    raw = {"format": fmt, "resolution": resolution, "video_bitrate": vb, "audio_bitrate": ab, "loudness": loudness}
+    return OutputSpec.from_dict(raw)
 
 
 def output_options(func: Any) -> Any:
@@ -96,6 +100,13 @@ def output_options(func: Any) -> Any:
             type=click.Choice([str(x) for x in tiers.audio_allowed_kbps]),
             default=None,
             help="kbps (default: Auto)",
+        ),
+        click.option(
+            "--loudness",
+            type=click.Choice(list(TARGETS)),
+            default=None,
+            help="Normalise the kept audio: podcast -16 LUFS, streaming -14, broadcast -23 (EBU R128); "
+            "true peak at most -1 dBTP (default: the source's level).",
         ),
     ]
     for opt in reversed(opts):
@@ -247,6 +258,7 @@ def render(
     resolution: str | None,
     video_bitrate: str | None,
     audio_bitrate: str | None,
+    loudness: str | None,
     output: Path,
     force: bool,
     nvenc: str | None,
@@ -269,7 +281,7 @@ def render(
         check_output_path(source, output, force)
         ffmpeg.check_binary(settings.ffmpeg_path or None)  # an old one would fail the encode, less clearly
         segments = load_plan(cut, settings.max_segments)
-        spec = output_spec(fmt, resolution, _int(video_bitrate), _int(audio_bitrate))
+        spec = output_spec(fmt, resolution, _int(video_bitrate), _int(audio_bitrate), loudness)
         with cancel_on_signals() as (cancel, got), _Progress(not quiet) as progress:
             try:
                 # The planner decides whether the render really splits (worker/planner.py, strategy_for).
@@ -325,6 +337,7 @@ def graph(
     resolution: str | None,
     video_bitrate: str | None,
     audio_bitrate: str | None,
+    loudness: str | None,
     output: Path,
     variant: str,
 ) -> None:
@@ -336,7 +349,7 @@ def graph(
     settings = Settings.from_env()
     try:
         segments = load_plan(cut, settings.max_segments)
-        spec = output_spec(fmt, resolution, _int(video_bitrate), _int(audio_bitrate))
+        spec = output_spec(fmt, resolution, _int(video_bitrate), _int(audio_bitrate), loudness)
         plan = plan_render(source, segments, spec, limits=Limits.from_settings(settings))
     except RenderError as err:
         fail(err)
@@ -440,6 +453,7 @@ def enqueue(
     resolution: str | None,
     video_bitrate: str | None,
     audio_bitrate: str | None,
+    loudness: str | None,
     asset_id: str | None,
     cut_id: str | None,
     webhook_url: str | None,
@@ -473,6 +487,7 @@ def enqueue(
                 "resolution": resolution,
                 "video_bitrate": _int(video_bitrate),
                 "audio_bitrate": _int(audio_bitrate),
+                **({"loudness": loudness} if loudness is not None else {}),
             },
             "webhook": None,
         }

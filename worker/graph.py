@@ -38,6 +38,7 @@ import math
 from collections.abc import Sequence
 from fractions import Fraction
 
+from worker import loudness
 from worker.chunks import Chunk, Run
 from worker.errors import ErrorCode, SourceError
 from worker.output import OutputSpec
@@ -270,7 +271,13 @@ def _video_post(info: SourceInfo, timeline: Timeline, preset: Preset, enc: Encod
 
 
 def build_graph(
-    info: SourceInfo, timeline: Timeline, preset: Preset, enc: EncodeSettings, *, audio_only: bool = False
+    info: SourceInfo,
+    timeline: Timeline,
+    preset: Preset,
+    enc: EncodeSettings,
+    *,
+    audio_only: bool = False,
+    gain: loudness.Gain | None = None,
 ) -> str:
     """The filter graph text; its outputs are labelled ``[vout]`` and ``[aout]``.
 
@@ -373,6 +380,8 @@ def build_graph(
             post.append(f"aformat=channel_layouts={enc.downmix}")
         if enc.sample_rate != timeline.sample_rate:
             post.append(f"aresample={enc.sample_rate}")
+        if gain is not None:  # loudness normalisation: one gain for the whole output (worker/loudness.py)
+            post += loudness.filters(gain, enc.sample_rate)
         chains.append(a_label + ",".join(post) + "[aout]")
     elif preset.has_video:
         # A video output always carries sound: silence of exactly the video's length.
@@ -623,6 +632,15 @@ def chunk_ffmpeg_args(
     args += [*CHUNK_ENCODER_ARGS.get(preset.video_codec, ()), *first_frame_key(chunk)]
     args += ["-map_metadata", "-1", "-map_chapters", "-1", "-f", muxer, output_file]
     return args
+
+
+def measure_ffmpeg_args(info: SourceInfo, graph_file: str, *, max_pixels: int) -> list[str]:
+    """The ffmpeg arguments of a measuring pass over the kept audio (worker/render/loudness.py): the source
+    opened as hardened as for a render, only its audio decoded, ``[aout]`` to the null muxer."""
+    decoders = (info.audio.codec,) if info.audio is not None else ()
+    args = ["-hide_banner", "-nostdin", "-y", "-loglevel", "error", "-nostats", "-progress", "pipe:1"]
+    args += [*_source_input_args(info, max_pixels, decoders), "-vn", "-sn", "-dn", "-i", info.path]
+    return [*args, "-/filter_complex", graph_file, "-map", "[aout]", "-f", "null", "-"]
 
 
 def audio_ffmpeg_args(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from worker import exports
+from worker import exports, loudness
 from worker.errors import InvalidJob, excerpt
 from worker.presets import FORMATS, Tiers, load_preset, load_tiers
 
@@ -38,6 +38,7 @@ class OutputSpec:
     resolution: str | None = None
     video_bitrate: int | None = None  # Mbps
     audio_bitrate: int | None = None  # kbps
+    loudness: str | None = None  # a target of worker/loudness.py; None keeps the source's level
 
     @classmethod
     def from_dict(cls, raw: Any, tiers: Tiers | None = None) -> OutputSpec:
@@ -50,7 +51,7 @@ class OutputSpec:
         tiers = tiers or load_tiers()
         if not isinstance(raw, dict):
             raise InvalidJob(f"output must be an object, got {excerpt(raw)}")
-        unknown = set(raw) - {"format", "resolution", "video_bitrate", "audio_bitrate"}
+        unknown = set(raw) - {"format", "resolution", "video_bitrate", "audio_bitrate", "loudness"}
         if unknown:
             raise InvalidJob(f"output has unknown field(s): {excerpt(sorted(unknown))}")
         fmt = raw.get("format")
@@ -68,9 +69,13 @@ class OutputSpec:
         if ab is not None and (type(ab) is not int or ab not in tiers.audio_allowed_kbps):
             allowed = ", ".join(map(str, tiers.audio_allowed_kbps))
             raise InvalidJob(f"output.audio_bitrate must be one of {allowed} (kbps) or null; got {excerpt(ab)}")
-        # An export's resolution and bitrates are checked like any (a typo is still refused) but change nothing:
-        # a timeline document has no pixels or bits to size.
-        return cls(format=fmt, resolution=res, video_bitrate=vb, audio_bitrate=ab)
+        level = raw.get("loudness")
+        if level is not None and (not isinstance(level, str) or level not in loudness.TARGETS):
+            allowed = ", ".join(loudness.TARGETS)
+            raise InvalidJob(f"output.loudness must be one of {allowed} or null; got {excerpt(level)}")
+        # An export's resolution, bitrates and loudness are checked like any (a typo is still refused) but change
+        # nothing: a timeline document has no pixels, bits or samples to size.
+        return cls(format=fmt, resolution=res, video_bitrate=vb, audio_bitrate=ab, loudness=level)
 
     @property
     def is_export(self) -> bool:
@@ -78,4 +83,9 @@ class OutputSpec:
         return self.format in EXPORT_FORMATS
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if out["loudness"] is None:
+            # Absent, as in every job before the option existed: the record and the fingerprint of an older job
+            # are what they were.
+            del out["loudness"]
+        return out

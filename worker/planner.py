@@ -21,6 +21,7 @@ from fractions import Fraction
 from worker.chunks import PREROLL_S, SEEK_GAP_S, ChunkPlan, plan_chunks
 from worker.errors import ErrorCode, InvalidJob, SourceError
 from worker.graph import EncodeSettings, build_graph, decide
+from worker.loudness import Gain, Measurement
 from worker.output import OutputSpec
 from worker.plan import Segment, Timeline, build_timeline, clamp_to_source
 from worker.presets import Preset, load_preset
@@ -69,6 +70,10 @@ class Plan:
     encode: EncodeSettings
     # The limits the source was checked against; ffmpeg holds every frame to them too.
     limits: Limits = dataclasses.field(default_factory=Limits)
+    #: The loudness gain, once measured (worker/render/loudness.py), and the figures it was measured to give:
+    #: part of the plan, so every part of a chunked render applies the same gain.
+    loudness: Gain | None = None
+    loudness_output: Measurement | None = None
 
     @property
     def preset(self) -> Preset:
@@ -80,7 +85,11 @@ class Plan:
         return self.preset.has_video
 
     def graph(self, preset: Preset) -> str:
-        return build_graph(self.info, self.timeline, preset, self.encode)
+        return build_graph(self.info, self.timeline, preset, self.encode, gain=self.loudness)
+
+    def loudness_report(self) -> dict[str, object] | None:
+        """What the result and the record say of the loudness: the target, the mode, before and after."""
+        return self.loudness.to_dict(self.loudness_output) if self.loudness is not None else None
 
 
 @dataclasses.dataclass(frozen=True)

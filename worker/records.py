@@ -69,6 +69,7 @@ PUBLIC_FIELDS = (
     "progress",
     "encoder",
     "attempts",
+    "loudness",
 )
 _INT_FIELDS = {"size_bytes", "attempts"}
 _FLOAT_FIELDS = {"duration_s", "progress"}
@@ -131,7 +132,7 @@ def decode_record(raw: Mapping[str, str]) -> dict[str, Any]:
             value = int(value)
         elif field in _FLOAT_FIELDS:
             value = float(value)
-        elif field == "output":
+        elif field in ("output", "loudness"):
             value = json.loads(value)
         out[field] = value
     out["output_key"] = raw.get("output_key") or None

@@ -26,6 +26,7 @@ progress renews the record's lease, and the assembly completes or any part fails
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -59,6 +60,7 @@ from worker.pipeline.outputs import (
 )
 from worker.pipeline.sources import drop_source, fetch_source, forget_source
 from worker.presets import load_preset
+from worker.render import loudness as render_loudness
 from worker.render import parts
 from worker.scratch import Scratch
 from worker.settings import Settings
@@ -309,6 +311,10 @@ def _audio_part(
         lease.watched = True
         log.info("render %s: rendering the audio", job.render_id)
         deps.observer.encoding("cpu")
+        # The one gain of the whole output, measured over all its kept audio here (the audio is one part).
+        plan = render_loudness.normalise(
+            plan, scratch.path, ffmpeg_bin=settings.ffmpeg_path or None, cancel=watch.stop, deadline=deadline
+        )
         audio = parts.render_audio(
             plan,
             scratch.path / parts.audio_file_name(plan.preset),
@@ -318,21 +324,31 @@ def _audio_part(
             deadline=deadline,
         )
     content_type = parts.audio_piece_preset(plan.preset).content_type
-    _store_part(
-        deps, job, lease, watch, audio, audio_key(settings, job.render_id, job.output.format), content_type, "the audio"
-    )
+    key = audio_key(settings, job.render_id, job.output.format)
+    report = plan.loudness_report()
+    # The assembly completes the record: it reads the loudness figures from the audio piece it joins.
+    metadata = {META_LOUDNESS: json.dumps(report, separators=(",", ":"))} if report is not None else None
+    _store_part(deps, job, lease, watch, audio, key, content_type, "the audio", metadata)
     log.info("render %s: audio stored", job.render_id)
     _part_stored(deps, body, job.render_id, int(body["count"]))
 
 
 def _store_part(
-    deps: Deps, job: Job, lease: PartLease, watch: Watch, path: Path, key: str, content_type: str, what: str
+    deps: Deps,
+    job: Job,
+    lease: PartLease,
+    watch: Watch,
+    path: Path,
+    key: str,
+    content_type: str,
+    what: str,
+    metadata: Mapping[str, str] | None = None,
 ) -> None:
     """Upload a part's file under the render's temporary prefix, unless the render stopped meanwhile."""
     watch.raise_if_stopped()
     if lease.lost.is_set():
         raise LeaseBusy(f"lost the lease on {what} of {job.render_id} while rendering")
-    deps.storage.put(path, key, content_type)
+    deps.storage.put(path, key, content_type, metadata)
     if deps.records.state(job.render_id) in ("cancelled", "failed"):
         # Stopped during the upload: the part that stopped it may have deleted the pieces already, before this one
         # landed, so this piece goes now rather than waiting for the lifecycle rule.
@@ -351,6 +367,20 @@ def _part_stored(deps: Deps, body: Mapping[str, Any], render_id: str, slot: int)
         # The assembly carries the part's message on, but for what names the part: the job, the token, the
         # render's deadline and its source version.
         deps.dispatch("assembly", {k: v for k, v in body.items() if k not in ("index", "part")})
+
+
+#: The audio piece's object metadata: the loudness report of the render's one gain (S3 lower-cases the name).
+META_LOUDNESS = "render-loudness"
+
+
+def _loudness_of(deps: Deps, key: str) -> dict[str, Any] | None:
+    """The loudness report the audio part stored with the audio piece at ``key`` (None: no target asked)."""
+    text = (deps.storage.output_metadata(key) or {}).get(META_LOUDNESS)
+    try:
+        report = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return report if isinstance(report, dict) else None
 
 
 def _assemble_part(
@@ -375,12 +405,18 @@ def _assemble_part(
         # copy when it rendered parts of this render.
         plan, cplan = _fetch_and_plan(job, body, deps, watch, scratch, deadline, keep)
         if not audio_part:
+            plan = render_loudness.normalise(
+                plan, scratch.path, ffmpeg_bin=ffmpeg_bin, cancel=watch.stop, deadline=deadline
+            )
             parts.render_audio(plan, audio, ffmpeg_bin=ffmpeg_bin, cancel=watch.stop, deadline=deadline)
+    report = plan.loudness_report()
     # The source's last use in this render: the room goes to the pieces and the joined output, which are
     # about an output's size each, so the assembly needs no more disk than a whole render.
     drop_source(job, deps, scratch.path)
     if audio_part:
-        deps.storage.download(audio_key(settings, job.render_id, job.output.format), audio, stop=watch.stop)
+        key = audio_key(settings, job.render_id, job.output.format)
+        deps.storage.download(key, audio, stop=watch.stop)
+        report = _loudness_of(deps, key)
     pieces = [scratch.path / "pieces" / parts.chunk_file_name(preset, k) for k in range(count)]
     for k, piece in enumerate(pieces):
         deps.storage.download(piece_key(settings, job.render_id, job.output.format, k), piece, stop=watch.stop)
@@ -400,6 +436,7 @@ def _assemble_part(
         "output_key": key,
         "download_name": download_name(job),
         "chunks": count,
+        "loudness": report,
     }
 
     def finished() -> None:

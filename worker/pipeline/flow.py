@@ -168,6 +168,7 @@ def process(
         "encoder": result.encoder,
         "output_key": job_output_key(settings, job),
         "download_name": download_name(job),
+        "loudness": result.loudness,
     }
 
     def finished() -> None:

@@ -17,12 +17,14 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
-from worker import planner
+from worker import planner, scratch
 from worker.encoders import NvencStatus
 from worker.output import OutputSpec
 from worker.plan import Segment
 from worker.planner import Kind, Plan, Strategy
+from worker.render import loudness
 from worker.render.chunked import render_chunked
 from worker.render.result import RenderResult
 from worker.render.whole import command_for, render_whole
@@ -62,6 +64,12 @@ def render(
     if strategy is None:
         split = chunks is not None and chunks > 1
         strategy = planner.strategy_for(plan, settings, split=split, chunks=chunks if split else None)
+    if plan.spec.loudness is not None and plan.loudness is None:
+        # Measured once, before any encode, over all the kept audio: one gain for the whole output.
+        with scratch.temp_dir("loudness", settings.work_dir) as work:
+            plan = loudness.normalise(
+                plan, Path(work), ffmpeg_bin=settings.ffmpeg_path or None, cancel=cancel, deadline=deadline
+            )
     if strategy.kind is Kind.CHUNKED and strategy.chunks is not None:
         return render_chunked(
             plan,

@@ -22,6 +22,7 @@ from worker.errors import EncodeError, ErrorCode, SourceError
 from worker.graph import audio_ffmpeg_args, build_chunk_graph, build_graph, chunk_ffmpeg_args
 from worker.planner import Plan
 from worker.presets import Preset, load_preset
+from worker.render import loudness
 from worker.render.packets import drop_preroll, frames_and_first_key
 from worker.render.result import verify_output
 
@@ -123,13 +124,18 @@ def render_audio(
     cancel: threading.Event | None = None,
     deadline: float | None = None,
 ) -> Path:
-    """Encode a video render's whole audio (the whole render's own audio graph and encoder) into its piece."""
+    """Encode a video render's whole audio (the whole render's own audio graph and encoder) into its piece.
+
+    Where a loudness target was asked for and the plan's gain is not measured yet, it is measured here, once:
+    the audio is encoded once, so the whole output gets one gain.
+    """
     preset = plan.preset
     piece = audio_piece_preset(preset)
     out_path = Path(output)
+    plan = loudness.normalise(plan, out_path.parent, ffmpeg_bin=ffmpeg_bin, cancel=cancel, deadline=deadline)
     partial = ffmpeg.temp_output_path(out_path, "." + piece.extension)
     graph_file = out_path.with_name(f".{out_path.name}.graph.txt")
-    graph = build_graph(plan.info, plan.timeline, preset, plan.encode, audio_only=True)
+    graph = build_graph(plan.info, plan.timeline, preset, plan.encode, audio_only=True, gain=plan.loudness)
     graph_file.write_text(graph, encoding="utf-8")
     args = audio_ffmpeg_args(
         plan.info,

@@ -29,6 +29,8 @@ class RenderResult:
     nvenc_fallback: str | None  # why NVENC was abandoned mid-job, if it was
     # What the render left out of the source, and why (cover art in a codec the output cannot carry).
     notes: tuple[str, ...] = ()
+    #: Loudness normalisation: target, mode (linear, limited, unchanged), gain, the kept audio before and after.
+    loudness: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -53,6 +55,7 @@ def result_of(
         wall_s=time.monotonic() - started,
         nvenc_fallback=fallback,
         notes=notes,
+        loudness=plan.loudness_report(),
     )
 
 
