@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from pathlib import Path
 
@@ -32,7 +31,7 @@ def test_every_setting_is_documented_with_its_default() -> None:
 
 
 def test_settings_dataclass_and_table_agree() -> None:
-    assert [f.name for f in dataclasses.fields(Settings)] == [s.name for s in SETTINGS]
+    assert list(Settings.model_fields) == [s.name for s in SETTINGS]
     env = {s.env: str(s.default) for s in SETTINGS}
     env["RENDER_ALLOW_FILE_URIS"] = "yes"
     env["RENDER_URL_EXPIRY_S"] = "42"

@@ -112,3 +112,26 @@ def test_worker_refuses_to_start_on_a_bad_setting() -> None:
     assert done.returncode != 0
     assert "Traceback" not in done.stderr, done.stderr
     assert "RENDER_S3_ADDRESSING_STYLE" in done.stderr and "virtual" in done.stderr
+
+
+def test_only_from_env_reads_the_environment_and_only_its_exact_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pydantic-settings reads the variables (worker/settings.py); by hand a Settings is its defaults and
+    arguments, and a variable spelt in another case is not a setting (it is warned about as unknown)."""
+    monkeypatch.setenv("RENDER_QUEUE", "from-env")
+    assert Settings().queue == "render"
+    assert Settings.from_env().queue == "from-env"
+    assert Settings.from_env({"render_queue": "lower", "RENDER_URL_EXPIRY_S": " 60 "}).queue == "render"
+    assert Settings.from_env({"RENDER_URL_EXPIRY_S": " 60 "}).url_expiry_s == 60
+    # Switches: the words operators write, and an empty value is off, as it always was.
+    for raw, want in [("1", True), ("yes", True), ("ON", True), ("0", False), ("off", False), ("", False)]:
+        assert Settings.from_env({"RENDER_ALLOW_FILE_URIS": raw}).allow_file_uris is want, raw
+    with pytest.raises(ConfigError, match="RENDER_ALLOW_FILE_URIS='maybe' is not valid: allowed: 1/true"):
+        Settings.from_env({"RENDER_ALLOW_FILE_URIS": "maybe"})
+    with pytest.raises(ConfigError, match="RENDER_MAX_RETRIES='five' is not valid: allowed: 0 to 100"):
+        Settings.from_env({"RENDER_MAX_RETRIES": "five"})
+    with pytest.raises(ConfigError, match="RENDER_LEASE_TTL_S=inf must be a finite number"):
+        Settings.from_env({"RENDER_LEASE_TTL_S": "inf"})
+    with pytest.raises(ConfigError, match="no setting 'nope'"):
+        Settings().replace(nope=1)
+    with pytest.raises(ConfigError, match="RENDER_URL_EXPIRY_S=0"):
+        Settings().replace(url_expiry_s=0)

@@ -26,16 +26,16 @@ from worker.output import OutputSpec
 from worker.plan import Segment, Timeline, build_timeline, clamp_to_source
 from worker.presets import Preset, load_preset
 from worker.probe import SourceInfo, probe
-from worker.settings import Settings
+from worker.settings import Settings, default_of
 
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
     """Source limits (DESIGN: ``source_too_large`` past the configured limits)."""
 
-    max_source_bytes: int = Settings.max_source_bytes
-    max_source_duration_s: float = Settings.max_source_duration_s
-    max_source_pixels: int = Settings.max_source_pixels
+    max_source_bytes: int = default_of("max_source_bytes")
+    max_source_duration_s: float = default_of("max_source_duration_s")
+    max_source_pixels: int = default_of("max_source_pixels")
 
     @classmethod
     def from_settings(cls, s: Settings) -> Limits:

@@ -54,7 +54,7 @@ import av
 import av.error
 
 from worker.errors import ErrorCode, SourceError
-from worker.settings import Settings
+from worker.settings import default_of
 
 # Demuxers a source may be opened with. Names are ffmpeg's demuxer names; the
 # mov demuxer answers to all of "mov,mp4,m4a,3gp,3g2,mj2".
@@ -563,7 +563,7 @@ def _check_audio(path: str, sample_rate: int, channels: int) -> None:
 def probe(
     path: str | os.PathLike[str],
     *,
-    max_pixels: int = Settings.max_source_pixels,
+    max_pixels: int = default_of("max_source_pixels"),
     budget_s: float = PROBE_BUDGET_S,
 ) -> SourceInfo:
     """Describe ``path``; raise :class:`SourceError` when it cannot be rendered.

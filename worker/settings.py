@@ -5,10 +5,19 @@ the code takes a :class:`Settings` (or plain arguments). Each setting has a
 default and a one-line description; the README table and the deploy manifests
 are checked against :data:`SETTINGS` by the test suite, so they cannot drift.
 AWS credentials are read by boto3 itself from the standard ``AWS_*`` variables.
+
+:class:`Settings` is a ``pydantic-settings`` model: it finds the ``RENDER_*``
+variables and turns their text into numbers and booleans. :data:`SETTINGS`
+holds what it cannot say in types (bounds, choices, shapes, the words the
+README and every message use), checked on every construction; a value
+pydantic refuses is reported the same way, naming the variable and what it
+allows. ``Settings()`` built by hand reads no environment (its defaults and
+arguments only): :meth:`Settings.from_env` is where the environment comes in.
 """
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import logging
 import math
@@ -16,6 +25,10 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
+
+import pydantic
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.sources.utils import parse_env_vars
 
 from worker.errors import ConfigError
 
@@ -352,22 +365,57 @@ SETTINGS: tuple[Setting, ...] = (
 _BY_NAME = {s.name: s for s in SETTINGS}
 
 
-def _parse(setting: Setting, raw: str) -> Any:
-    try:
-        if setting.kind is bool:
-            low = raw.strip().lower()
-            if low in {"1", "true", "yes", "on"}:
-                return True
-            if low in {"0", "false", "no", "off", ""}:
-                return False
-            raise ValueError(raw)
-        return setting.kind(raw)
-    except ValueError as exc:
-        raise ConfigError(f"setting {setting.env}={raw[:80]!r} is not valid: allowed: {setting.allowed}") from exc
+def default_of(name: str) -> Any:
+    """The documented default of setting ``name``."""
+    return _BY_NAME[name].default
 
 
-@dataclasses.dataclass(frozen=True)
-class Settings:
+def _blank_is_false(value: Any) -> Any:
+    """``RENDER_X=`` (set, empty) turns a switch off, as it always has; pydantic alone would refuse it."""
+    return False if isinstance(value, str) and value.strip() == "" else value
+
+
+_ENV_NAMES = frozenset(s.env for s in SETTINGS)
+
+#: The environment :meth:`Settings.from_env` reads from, while it builds one (None: no environment at all).
+_ENVIRON: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar("render_environ", default=None)
+
+
+class _Environ(EnvSettingsSource):
+    """pydantic-settings' environment source, over the mapping :meth:`Settings.from_env` was given."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        # Exactly the documented names (RENDER_QUEUE, never render_queue): anything else is warned about instead.
+        exact = {k: v for k, v in self._environ.items() if k in _ENV_NAMES}
+        return parse_env_vars(exact, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
+
+
+def _config_error(exc: pydantic.ValidationError) -> ConfigError:
+    """pydantic's refusal as the worker's: the variable, the value (bounded), and what it allows."""
+    for error in exc.errors():
+        loc = error.get("loc") or ()
+        setting = _BY_NAME.get(str(loc[0])) if loc else None
+        if setting is not None:
+            raw = error.get("input")
+            shown = raw[:80] if isinstance(raw, str) else raw
+            return ConfigError(f"setting {setting.env}={shown!r} is not valid: allowed: {setting.allowed}"[:400])
+        if error.get("type") == "extra_forbidden" and loc:
+            return ConfigError(f"there is no setting {str(loc[0])[:80]!r}")
+    return ConfigError(f"settings are not valid: {exc.error_count()} error(s)")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=PREFIX,
+        frozen=True,
+        extra="forbid",  # a misspelt keyword is a bug in the caller; a misspelt variable is warned about below
+        validate_default=True,
+    )
+
     redis_url: str = _BY_NAME["redis_url"].default
     queue: str = _BY_NAME["queue"].default
     webhook_queue: str = _BY_NAME["webhook_queue"].default
@@ -415,7 +463,27 @@ class Settings:
     metrics_dir: str = _BY_NAME["metrics_dir"].default
     queue_depth_interval_s: float = _BY_NAME["queue_depth_interval_s"].default
 
-    def __post_init__(self) -> None:
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        environ = _ENVIRON.get()
+        if environ is None:  # built by hand: its arguments and the defaults, nothing from the environment
+            return (init_settings,)
+        return (init_settings, _Environ(settings_cls, environ))
+
+    @pydantic.field_validator("allow_file_uris", "webhook_allow_private", mode="before")
+    @classmethod
+    def _switch(cls, value: Any) -> Any:
+        return _blank_is_false(value)
+
+    @pydantic.model_validator(mode="after")
+    def _check(self) -> Settings:
         # Checked on every construction, so a bad value stops the process that
         # reads it at start-up, naming the variable, instead of failing jobs later.
         for setting in SETTINGS:
@@ -445,6 +513,7 @@ class Settings:
                 f"setting RENDER_OUTPUT_PREFIX={self.output_prefix!r} must not start with 'tmp' (reserved for chunk"
                 " pieces, which expire)"
             )
+        return self
 
     @property
     def source_bucket_list(self) -> tuple[str, ...]:
@@ -454,8 +523,13 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, warn_unknown: bool = True) -> Settings:
         env = os.environ if environ is None else environ
-        values = {s.name: _parse(s, env[s.env]) for s in SETTINGS if s.env in env}
-        settings = cls(**values)
+        token = _ENVIRON.set(env)
+        try:
+            settings = cls()
+        except pydantic.ValidationError as exc:  # text pydantic could not read as the setting's type
+            raise _config_error(exc) from None
+        finally:
+            _ENVIRON.reset(token)
         unknown = unknown_names(env)
         if unknown and warn_unknown:
             # A misspelt name would otherwise be ignored without a word, leaving the default in force.
@@ -463,7 +537,11 @@ class Settings:
         return settings
 
     def replace(self, **changes: Any) -> Settings:
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes``, checked like any construction (``model_copy`` would not check them)."""
+        try:
+            return type(self)(**{**self.model_dump(), **changes})
+        except pydantic.ValidationError as exc:
+            raise _config_error(exc) from None
 
 
 #: ``RENDER_*`` names read by something other than the worker's settings (none today).
