@@ -23,7 +23,7 @@ import click
 from worker import presets as presets_mod
 from worker.errors import ErrorCode, InvalidJob, RenderError, excerpt
 from worker.loudness import TARGETS
-from worker.output import EXPORT_FORMATS, OutputSpec
+from worker.output import ASPECTS, EXPORT_FORMATS, OutputSpec
 from worker.plan import Segment, parse_plan, plan_byte_limit
 from worker.settings import Settings
 
@@ -77,10 +77,15 @@ def load_plan(path: Path | None, max_segments: int) -> list[Segment] | None:
 
 
 def output_spec(
-    fmt: str, resolution: str | None, vb: int | None, ab: int | None, loudness: str | None = None
+    fmt: str,
+    resolution: str | None,
+    vb: int | None,
+    ab: int | None,
+    loudness: str | None = None,
+    aspect: str | None = None,
 ) -> OutputSpec:
-    raw = {"format": fmt, "resolution": resolution, "video_bitrate": vb, "audio_bitrate": ab, "loudness": loudness}
-    return OutputSpec.from_dict(raw)
+    raw = {"format": fmt, "resolution": resolution, "video_bitrate": vb, "audio_bitrate": ab}
+    return OutputSpec.from_dict({**raw, "loudness": loudness, "aspect": aspect})
 
 
 def output_options(func: Any) -> Any:
@@ -107,6 +112,13 @@ def output_options(func: Any) -> Any:
             default=None,
             help="Normalise the kept audio: podcast -16 LUFS, streaming -14, broadcast -23 (EBU R128); "
             "true peak at most -1 dBTP (default: the source's level).",
+        ),
+        click.option(
+            "--aspect",
+            type=click.Choice(list(ASPECTS)),
+            default=None,
+            help="Crop the picture to this aspect (mp4, mov), centred; --resolution then sets the shorter edge, "
+            "scaling up if it must (default: the source's picture).",
         ),
     ]
     for opt in reversed(opts):
@@ -259,6 +271,7 @@ def render(
     video_bitrate: str | None,
     audio_bitrate: str | None,
     loudness: str | None,
+    aspect: str | None,
     output: Path,
     force: bool,
     nvenc: str | None,
@@ -281,7 +294,7 @@ def render(
         check_output_path(source, output, force)
         ffmpeg.check_binary(settings.ffmpeg_path or None)  # an old one would fail the encode, less clearly
         segments = load_plan(cut, settings.max_segments)
-        spec = output_spec(fmt, resolution, _int(video_bitrate), _int(audio_bitrate), loudness)
+        spec = output_spec(fmt, resolution, _int(video_bitrate), _int(audio_bitrate), loudness, aspect)
         with cancel_on_signals() as (cancel, got), _Progress(not quiet) as progress:
             try:
                 # The planner decides whether the render really splits (worker/planner.py, strategy_for).
@@ -338,6 +351,7 @@ def graph(
     video_bitrate: str | None,
     audio_bitrate: str | None,
     loudness: str | None,
+    aspect: str | None,
     output: Path,
     variant: str,
 ) -> None:
@@ -349,7 +363,7 @@ def graph(
     settings = Settings.from_env()
     try:
         segments = load_plan(cut, settings.max_segments)
-        spec = output_spec(fmt, resolution, _int(video_bitrate), _int(audio_bitrate), loudness)
+        spec = output_spec(fmt, resolution, _int(video_bitrate), _int(audio_bitrate), loudness, aspect)
         plan = plan_render(source, segments, spec, limits=Limits.from_settings(settings))
     except RenderError as err:
         fail(err)
@@ -454,6 +468,7 @@ def enqueue(
     video_bitrate: str | None,
     audio_bitrate: str | None,
     loudness: str | None,
+    aspect: str | None,
     asset_id: str | None,
     cut_id: str | None,
     webhook_url: str | None,
@@ -488,6 +503,7 @@ def enqueue(
                 "video_bitrate": _int(video_bitrate),
                 "audio_bitrate": _int(audio_bitrate),
                 **({"loudness": loudness} if loudness is not None else {}),
+                **({"aspect": aspect} if aspect is not None else {}),
             },
             "webhook": None,
         }

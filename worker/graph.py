@@ -41,7 +41,7 @@ from fractions import Fraction
 from worker import loudness
 from worker.chunks import Chunk, Run
 from worker.errors import ErrorCode, SourceError
-from worker.output import OutputSpec
+from worker.output import ASPECTS, OutputSpec
 from worker.plan import Timeline
 from worker.presets import Preset, Tiers, load_tiers
 from worker.probe import SourceInfo, input_options
@@ -92,9 +92,12 @@ class EncodeSettings:
     sample_rate: int
     channels: int
     downmix: str | None  # channel layout to convert to, when the encoder needs fewer channels
+    #: ``output.aspect``: the rectangle cut from the source's (displayed) picture, (width, height, x, y), before
+    #: it is scaled to (width, height); None keeps the whole picture.
+    crop: tuple[int, int, int, int] | None = None
 
 
-def _even(n: float) -> int:
+def _even(n: float | Fraction) -> int:
     return max(2, int(round(n / 2)) * 2)
 
 
@@ -111,6 +114,32 @@ def output_size(src_w: int, src_h: int, resolution: str | None, tiers: Tiers) ->
             return target - target % 2, _even(src_h * target / src_w), True
         return _even(src_w * target / src_h), target - target % 2, True
     return src_w - src_w % 2, src_h - src_h % 2, False
+
+
+def aspect_size(
+    src_w: int, src_h: int, aspect: Fraction, resolution: str | None, tiers: Tiers
+) -> tuple[int, int, tuple[int, int, int, int] | None]:
+    """The output size of an ``aspect`` output, and the centred crop of the source picture that fills it.
+
+    The crop is the largest even rectangle of the aspect inside the picture (none when the source is at the
+    aspect already, within 1 %). The tier sets the output's shorter edge, up or down: the one place the worker
+    scales up (a 9:16 crop of a 1080p landscape picture is 608 px wide, and platforms expect 1080x1920).
+    Without a tier the crop keeps its own size.
+    """
+    crop: tuple[int, int, int, int] | None = None
+    cw, ch = src_w - src_w % 2, src_h - src_h % 2
+    if abs(Fraction(src_w, src_h) / aspect - 1) > Fraction(1, 100):
+        if Fraction(src_w, src_h) > aspect:  # wider than asked: full height, a slice of the width
+            cw = min(_even(src_h * aspect), src_w - src_w % 2)
+        else:  # taller than asked: full width, a band of the height
+            ch = min(_even(src_w / aspect), src_h - src_h % 2)
+        crop = (cw, ch, (src_w - cw) // 4 * 2, (src_h - ch) // 4 * 2)  # centred, on even pixels (4:2:0)
+    if resolution is None:
+        return cw, ch, crop
+    short = tiers.resolutions[resolution]
+    if aspect <= 1:
+        return short, _even(short / aspect), crop
+    return _even(short * aspect), short, crop
 
 
 def _source_video_bps(info: SourceInfo) -> int | None:
@@ -134,12 +163,17 @@ def decide(info: SourceInfo, spec: OutputSpec, preset: Preset, tiers: Tiers | No
             f"{spec.format} needs an audio stream but the source has none", code=ErrorCode.SOURCE_NO_AUDIO
         )
     width = height = None
+    crop: tuple[int, int, int, int] | None = None
     crop_odd = False
     video_bps = None
     if preset.has_video:
         assert info.video is not None
         dw, dh = info.video.display_width, info.video.display_height
-        width, height, scaled = output_size(dw, dh, spec.resolution, tiers)
+        if spec.aspect is not None:
+            width, height, crop = aspect_size(dw, dh, ASPECTS[spec.aspect], spec.resolution, tiers)
+            scaled = True  # the crop (or the whole picture) is scaled to the output size where they differ
+        else:
+            width, height, scaled = output_size(dw, dh, spec.resolution, tiers)
         if min(dw, dh) < MIN_EDGE or min(width, height) < MIN_EDGE:
             # An encoder needs an even picture of at least 2x2; a 1-pixel edge would be cropped to nothing.
             raise SourceError(
@@ -177,6 +211,7 @@ def decide(info: SourceInfo, spec: OutputSpec, preset: Preset, tiers: Tiers | No
         sample_rate=sample_rate,
         channels=channels,
         downmix=downmix,
+        crop=crop,
     )
 
 
@@ -258,9 +293,14 @@ def _video_post(info: SourceInfo, timeline: Timeline, preset: Preset, enc: Encod
     """The chain after the video ``concat``: size, colour, pixel format, clean CFR timestamps."""
     assert info.video is not None
     post = []
+    shown = (info.video.display_width, info.video.display_height)
+    if enc.crop is not None:  # output.aspect: the rectangle of the picture the output shows
+        cw, ch, x, y = enc.crop
+        post.append(f"crop={cw}:{ch}:{x}:{y}")
+        shown = (cw, ch)
     if enc.crop_odd:
         post.append(f"crop={enc.width}:{enc.height}:0:0")
-    elif enc.width and enc.height and (enc.width, enc.height) != (info.video.display_width, info.video.display_height):
+    elif enc.width and enc.height and (enc.width, enc.height) != shown:
         post.append(f"scale={enc.width}:{enc.height}:flags=bicubic")
     if tone_maps(info, preset):
         post.append(TONEMAP)

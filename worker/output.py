@@ -8,6 +8,7 @@ builder only consumes a validated :class:`OutputSpec`.
 from __future__ import annotations
 
 import dataclasses
+from fractions import Fraction
 from typing import Any
 
 from worker import exports, loudness
@@ -18,6 +19,13 @@ from worker.presets import FORMATS, Tiers, load_preset, load_tiers
 EXPORT_FORMATS = exports.NAMES
 #: Everything ``output.format`` accepts: the media formats (one a preset file), then the exports.
 OUTPUT_FORMATS = FORMATS + EXPORT_FORMATS
+#: ``output.aspect``: width over height of the output picture, cropped from the source's.
+ASPECTS: dict[str, Fraction] = {
+    "9:16": Fraction(9, 16),
+    "1:1": Fraction(1),
+    "4:5": Fraction(4, 5),
+    "16:9": Fraction(16, 9),
+}
 
 
 def extension_of(fmt: str) -> str:
@@ -39,6 +47,7 @@ class OutputSpec:
     video_bitrate: int | None = None  # Mbps
     audio_bitrate: int | None = None  # kbps
     loudness: str | None = None  # a target of worker/loudness.py; None keeps the source's level
+    aspect: str | None = None  # one of ASPECTS; None keeps the source's picture
 
     @classmethod
     def from_dict(cls, raw: Any, tiers: Tiers | None = None) -> OutputSpec:
@@ -51,7 +60,7 @@ class OutputSpec:
         tiers = tiers or load_tiers()
         if not isinstance(raw, dict):
             raise InvalidJob(f"output must be an object, got {excerpt(raw)}")
-        unknown = set(raw) - {"format", "resolution", "video_bitrate", "audio_bitrate", "loudness"}
+        unknown = set(raw) - {"format", "resolution", "video_bitrate", "audio_bitrate", "loudness", "aspect"}
         if unknown:
             raise InvalidJob(f"output has unknown field(s): {excerpt(sorted(unknown))}")
         fmt = raw.get("format")
@@ -73,9 +82,14 @@ class OutputSpec:
         if level is not None and (not isinstance(level, str) or level not in loudness.TARGETS):
             allowed = ", ".join(loudness.TARGETS)
             raise InvalidJob(f"output.loudness must be one of {allowed} or null; got {excerpt(level)}")
-        # An export's resolution, bitrates and loudness are checked like any (a typo is still refused) but change
-        # nothing: a timeline document has no pixels, bits or samples to size.
-        return cls(format=fmt, resolution=res, video_bitrate=vb, audio_bitrate=ab, loudness=level)
+        aspect = raw.get("aspect")
+        if aspect is not None and (not isinstance(aspect, str) or aspect not in ASPECTS):
+            raise InvalidJob(f"output.aspect must be one of {', '.join(ASPECTS)} or null; got {excerpt(aspect)}")
+        if aspect is not None and fmt in FORMATS and not load_preset(fmt).has_video:
+            raise InvalidJob(f"output.aspect ({aspect}) needs a video format; {fmt} has no picture")
+        # An export's resolution, bitrates, loudness and aspect are checked like any (a typo is still refused) but
+        # change nothing: a timeline document has no pixels, bits or samples to size.
+        return cls(format=fmt, resolution=res, video_bitrate=vb, audio_bitrate=ab, loudness=level, aspect=aspect)
 
     @property
     def is_export(self) -> bool:
@@ -84,8 +98,9 @@ class OutputSpec:
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        if out["loudness"] is None:
-            # Absent, as in every job before the option existed: the record and the fingerprint of an older job
-            # are what they were.
-            del out["loudness"]
+        for optional in ("loudness", "aspect"):
+            if out[optional] is None:
+                # Absent, as in every job before the option existed: the record and the fingerprint of an older
+                # job are what they were.
+                del out[optional]
         return out
