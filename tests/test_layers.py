@@ -32,6 +32,7 @@ LAYERS: dict[str, int] = {
     "worker.netguard": 1,
     "worker.gpu": 1,
     "worker.loudness": 1,
+    "worker.reframe": 1,
     # 2: what to make, and how a graph and an encoder are chosen
     "worker.exports.timecode": 2,
     "worker.exports.cut": 2,
@@ -54,6 +55,7 @@ LAYERS: dict[str, int] = {
     "worker.render.parts": 4,
     "worker.render.chunked": 4,
     "worker.render.loudness": 4,
+    "worker.render.faces": 4,
     "worker.exports.file": 4,
     # 5: the services a queue worker talks to, and the job message
     "worker.storage": 5,

@@ -38,7 +38,7 @@ import math
 from collections.abc import Sequence
 from fractions import Fraction
 
-from worker import loudness
+from worker import loudness, reframe
 from worker.chunks import Chunk, Run
 from worker.errors import ErrorCode, SourceError
 from worker.output import ASPECTS, OutputSpec
@@ -289,14 +289,28 @@ def tone_maps(info: SourceInfo, preset: Preset) -> bool:
     return preset.has_video and info.video is not None and info.video.is_hdr
 
 
-def _video_post(info: SourceInfo, timeline: Timeline, preset: Preset, enc: EncodeSettings) -> str:
-    """The chain after the video ``concat``: size, colour, pixel format, clean CFR timestamps."""
+def _video_post(
+    info: SourceInfo,
+    timeline: Timeline,
+    preset: Preset,
+    enc: EncodeSettings,
+    crop_path: Sequence[reframe.Knot] | None = None,
+    first_frame: int = 0,
+) -> str:
+    """The chain after the video ``concat``: size, colour, pixel format, clean CFR timestamps.
+
+    ``crop_path``: where the crop's left edge is at each output frame (worker/reframe.py), evaluated from the
+    output frame ``first_frame`` on (a chunk's first encoded frame), so every chunk crops as the whole would.
+    """
     assert info.video is not None
     post = []
     shown = (info.video.display_width, info.video.display_height)
     if enc.crop is not None:  # output.aspect: the rectangle of the picture the output shows
         cw, ch, x, y = enc.crop
-        post.append(f"crop={cw}:{ch}:{x}:{y}")
+        if crop_path:
+            post.append(f"crop=w={cw}:h={ch}:x='{reframe.x_expression(crop_path, first_frame)}':y={y}:exact=1")
+        else:
+            post.append(f"crop={cw}:{ch}:{x}:{y}")
         shown = (cw, ch)
     if enc.crop_odd:
         post.append(f"crop={enc.width}:{enc.height}:0:0")
@@ -318,6 +332,7 @@ def build_graph(
     *,
     audio_only: bool = False,
     gain: loudness.Gain | None = None,
+    crop_path: Sequence[reframe.Knot] | None = None,
 ) -> str:
     """The filter graph text; its outputs are labelled ``[vout]`` and ``[aout]``.
 
@@ -410,7 +425,7 @@ def build_graph(
             chains.append("".join(a_in) + f"concat=n={n}:v=0:a=1{a_label}")
 
     if use_video:
-        chains.append(v_label + _video_post(info, timeline, preset, enc) + "[vout]")
+        chains.append(v_label + _video_post(info, timeline, preset, enc, crop_path) + "[vout]")
 
     total_samples_out = round(timeline.duration * enc.sample_rate) if preset.has_video else None
     if use_audio:
@@ -588,7 +603,14 @@ def _seconds(x: Fraction) -> str:
     return repr(float(x))
 
 
-def build_chunk_graph(info: SourceInfo, timeline: Timeline, chunk: Chunk, preset: Preset, enc: EncodeSettings) -> str:
+def build_chunk_graph(
+    info: SourceInfo,
+    timeline: Timeline,
+    chunk: Chunk,
+    preset: Preset,
+    enc: EncodeSettings,
+    crop_path: Sequence[reframe.Knot] | None = None,
+) -> str:
     """The filter graph of one chunk: its frames only, as ``[vout]``; input ``i`` is the chunk's run ``i``.
 
     Each run's frames go through the same grid, routing and picture chain as in the whole render
@@ -631,7 +653,8 @@ def build_chunk_graph(info: SourceInfo, timeline: Timeline, chunk: Chunk, preset
     if len(v_in) > 1:
         label = "[vcat]"
         chains.append("".join(v_in) + f"concat=n={len(v_in)}:v=1:a=0{label}")
-    chains.append(label + _video_post(info, timeline, preset, enc) + "[vout]")
+    first = chunk.start - chunk.preroll  # the output frame the chunk's encoder sees first
+    chains.append(label + _video_post(info, timeline, preset, enc, crop_path, first) + "[vout]")
     return ";\n".join(chains) + "\n"
 
 

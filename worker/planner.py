@@ -26,6 +26,7 @@ from worker.output import OutputSpec
 from worker.plan import Segment, Timeline, build_timeline, clamp_to_source
 from worker.presets import Preset, load_preset
 from worker.probe import SourceInfo, probe
+from worker.reframe import Knot
 from worker.settings import Settings, default_of
 
 
@@ -74,6 +75,8 @@ class Plan:
     #: part of the plan, so every part of a chunked render applies the same gain.
     loudness: Gain | None = None
     loudness_output: Measurement | None = None
+    #: ``output.aspect``: the crop's path across the output (worker/reframe.py), once the speaker was found.
+    crop_path: tuple[Knot, ...] | None = None
 
     @property
     def preset(self) -> Preset:
@@ -85,7 +88,7 @@ class Plan:
         return self.preset.has_video
 
     def graph(self, preset: Preset) -> str:
-        return build_graph(self.info, self.timeline, preset, self.encode, gain=self.loudness)
+        return build_graph(self.info, self.timeline, preset, self.encode, gain=self.loudness, crop_path=self.crop_path)
 
     def loudness_report(self) -> dict[str, object] | None:
         """What the result and the record say of the loudness: the target, the mode, before and after."""

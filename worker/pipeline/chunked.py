@@ -60,8 +60,8 @@ from worker.pipeline.outputs import (
 )
 from worker.pipeline.sources import drop_source, fetch_source, forget_source
 from worker.presets import load_preset
+from worker.render import faces, parts
 from worker.render import loudness as render_loudness
-from worker.render import parts
 from worker.scratch import Scratch
 from worker.settings import Settings
 
@@ -269,6 +269,9 @@ def _chunk_part(
     settings = deps.settings
     with contextlib.ExitStack() as keep:
         plan, cplan = _fetch_and_plan(job, body, deps, watch, scratch, deadline, keep)
+        # The crop's path over the whole output: every chunk finds the same faces in the same frames, so it
+        # plans the same path and the chunks join without a step.
+        plan = faces.follow_speaker(plan)
         lease.index, lease.total, lease.watched = index, cplan.total, True
         frames = cplan.chunks[index].frames
         piece = scratch.path / parts.chunk_file_name(plan.preset, index)

@@ -24,7 +24,7 @@ from worker.encoders import NvencStatus
 from worker.output import OutputSpec
 from worker.plan import Segment
 from worker.planner import Kind, Plan, Strategy
-from worker.render import loudness
+from worker.render import faces, loudness
 from worker.render.chunked import render_chunked
 from worker.render.result import RenderResult
 from worker.render.whole import command_for, render_whole
@@ -64,6 +64,8 @@ def render(
     if strategy is None:
         split = chunks is not None and chunks > 1
         strategy = planner.strategy_for(plan, settings, split=split, chunks=chunks if split else None)
+    # Where the speaker is, for a crop to follow: planned once, for the whole output, before any encode.
+    plan = faces.follow_speaker(plan)
     if plan.spec.loudness is not None and plan.loudness is None:
         # Measured once, before any encode, over all the kept audio: one gain for the whole output.
         with scratch.temp_dir("loudness", settings.work_dir) as work:

@@ -75,7 +75,8 @@ def render_chunk(
     partial = ffmpeg.temp_output_path(out_path, "." + piece.extension)
     encoded = ffmpeg.temp_output_path(out_path, f".preroll.{piece.extension}") if chunk.preroll else partial
     graph_file = out_path.with_name(f".{out_path.name}.graph.txt")
-    graph_file.write_text(build_chunk_graph(plan.info, plan.timeline, chunk, preset, plan.encode), encoding="utf-8")
+    graph = build_chunk_graph(plan.info, plan.timeline, chunk, preset, plan.encode, plan.crop_path)
+    graph_file.write_text(graph, encoding="utf-8")
     args = chunk_ffmpeg_args(
         plan.info,
         plan.timeline,

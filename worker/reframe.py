@@ -1,0 +1,180 @@
+"""Reframing (``output.aspect``): the crop's path across the output, from where the speaker's face is. Pure.
+
+``render/faces.py`` finds faces on a few frames a second; :func:`crop_path` turns those sightings into the
+crop's left edge for every output frame, as knots of a piecewise-linear path:
+
+* the speaker is the largest face seen, followed from sighting to sighting by nearness (a passer-by or a
+  poster further away does not pull the crop);
+* the crop holds still while the face stays inside the middle of the crop (:data:`DEAD_ZONE`), and glides
+  (at most :data:`MAX_SPEED` of the crop's width a second) when it leaves it, so it never jitters; a face
+  that moved half a crop's width between two sightings was cut to in the recording, and the crop cuts too;
+* at a cut the crop starts where the speaker is in the new piece: a jump at a cut reads as a cut, a glide
+  across it would not;
+* no face at all: the centred crop.
+
+:func:`x_expression` writes the path as one ffmpeg expression of the output frame number, flat (a sum of
+one term a segment, no nesting), so a chunk of the output evaluates the same path from its own first frame.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+#: The face may move this share of the crop's width either side of the crop's middle before the crop follows.
+DEAD_ZONE = 0.18
+#: The crop glides at most this share of its own width a second.
+MAX_SPEED = 0.6
+#: A sighting further than this share of the picture's width from the last one is another face.
+TRACK_JUMP = 0.25
+#: ... until the speaker has been seen nowhere else for this many sightings running (about a second).
+SWITCH_AFTER = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Face:
+    """A face seen at source time ``t`` (seconds): its centre and width as shares of the picture's width."""
+
+    t: float
+    cx: float
+    width: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Knot:
+    frame: int  # output frame
+    x: int  # the crop's left edge, pixels of the (displayed) source picture
+
+
+def speaker(faces: Sequence[Face]) -> list[Face]:
+    """The sightings of the speaker: the largest face, then at each time the face nearest the last sighting.
+
+    A face far from the last sighting is someone else, unless nobody is seen near it for :data:`SWITCH_AFTER`
+    sightings running: then the speaker has moved (a cut in the recording) and the track follows the largest.
+    """
+    if not faces:
+        return []
+    times = sorted({f.t for f in faces})
+    last = max(faces, key=lambda f: f.width)
+    track: list[Face] = []
+    away: list[Face] = []  # the largest face of each sighting running with nobody near the speaker
+    for t in times:
+        here = [f for f in faces if f.t == t]
+        near = min(here, key=lambda f: abs(f.cx - last.cx))
+        if abs(near.cx - last.cx) > TRACK_JUMP:
+            away.append(max(here, key=lambda f: f.width))
+            if len(away) < SWITCH_AFTER:
+                continue
+            # The speaker moved: the track takes them from the first of those sightings on.
+            track += away[:-1]
+            near = away[-1]
+        away = []
+        track.append(near)
+        last = near
+    return track
+
+
+def _follow(targets: Sequence[tuple[int, float]], start: float, fps: float, crop_w: float) -> list[tuple[int, float]]:
+    """Frame-by-frame positions (a list of (frame, x) knots) following ``targets`` from ``start``."""
+    knots = [(0, start)]
+    x = start
+    step = MAX_SPEED * crop_w / fps
+    zone = DEAD_ZONE * crop_w
+    prev_frame = 0
+    seen = start  # where the face was at the last sighting
+    for frame, target in targets:
+        jumped = abs(target - seen) > crop_w / 2
+        seen = target
+        if abs(target - x) <= zone:
+            continue  # still inside the middle: hold
+        if jumped:
+            # Half a crop's width from one sighting to the next (a third of a second): the recording cut (nobody
+            # walks that fast on a set), so the crop cuts too, instead of panning across it.
+            begin = max(frame, prev_frame)
+            if knots[-1][0] < begin - 1:
+                knots.append((begin - 1, x))
+            knots.append((begin, target))
+            x, prev_frame = target, begin
+            continue
+        goal = target
+        dist = goal - x
+        frames = max(1, round(abs(dist) / step))
+        begin = max(frame, prev_frame)
+        if knots[-1][0] != begin:
+            knots.append((begin, x))
+        knots.append((begin + frames, goal))
+        x, prev_frame = goal, begin + frames
+    return knots
+
+
+def crop_path(
+    faces: Sequence[Face],
+    pieces: Sequence[tuple[float, int, int]],
+    *,
+    fps: float,
+    picture_w: int,
+    crop_w: int,
+) -> tuple[Knot, ...]:
+    """The crop's knots over the output. ``pieces``: (source start time, first output frame, frames) each.
+
+    Positions are the crop's left edge in pixels, kept inside the picture and on even pixels (4:2:0).
+    """
+    span = picture_w - crop_w
+    centre = span // 4 * 2
+    track = speaker(faces)
+    if not track or span <= 0:
+        return (Knot(0, centre),)
+
+    def left(cx: float) -> float:
+        return min(max(cx * picture_w - crop_w / 2, 0.0), float(span))
+
+    knots: list[Knot] = []
+    for src_start, out_first, frames in pieces:
+        src_end = src_start + frames / fps
+        inside = [f for f in track if src_start <= f.t < src_end]
+        if not inside:  # no sighting in the piece: where the speaker was last seen before it (or first after)
+            before = [f for f in track if f.t < src_start]
+            inside = [before[-1] if before else min(track, key=lambda f: abs(f.t - src_start))]
+        targets = [(max(0, round((f.t - src_start) * fps)), left(f.cx)) for f in inside]
+        path = [Knot(frame, round(x)) for frame, x in _follow(targets, targets[0][1], fps, crop_w)]
+        local = [k for k in path if k.frame < frames]
+        local.append(Knot(frames - 1, round(x_at(path, frames - 1))))
+        knots += [Knot(out_first + k.frame, k.x // 2 * 2) for k in local]
+    # One knot a frame, in order; a run of knots at one position keeps only its ends.
+    out: list[Knot] = []
+    for k in sorted(knots, key=lambda k: k.frame):
+        if out and k.frame == out[-1].frame or len(out) >= 2 and out[-1].x == k.x == out[-2].x:
+            out[-1] = k
+        else:
+            out.append(k)
+    return tuple(out)
+
+
+def x_at(knots: Sequence[Knot], frame: int) -> float:
+    """The path at output ``frame`` (what the expression evaluates to): linear between knots, held outside."""
+    if frame <= knots[0].frame:
+        return float(knots[0].x)
+    for a, b in zip(knots, knots[1:], strict=False):
+        if frame < b.frame:
+            if b.frame - a.frame <= 1 or a.x == b.x:
+                return float(a.x)
+            return a.x + (b.x - a.x) * (frame - a.frame) / (b.frame - a.frame)
+    return float(knots[-1].x)
+
+
+def x_expression(knots: Sequence[Knot], offset: int = 0) -> str:
+    """The path as an ffmpeg expression of ``n`` (the filter's frame number) + ``offset`` (the output frame of
+    the filter's first frame): one ``between`` term a segment, summed, so its depth does not grow with length.
+    Even pixels: the value is rounded down to an even number by the caller's ``trunc(.../2)*2``."""
+    f = f"(n+{offset})" if offset else "n"
+    if len(knots) == 1:
+        return str(knots[0].x)
+    terms = [f"lt({f},{knots[0].frame})*{knots[0].x}"]
+    for a, b in zip(knots, knots[1:], strict=False):
+        if a.x == b.x or b.frame - a.frame <= 1:
+            terms.append(f"between({f},{a.frame},{b.frame}-0.5)*{a.x}")
+        else:
+            slope = (b.x - a.x) / (b.frame - a.frame)
+            terms.append(f"between({f},{a.frame},{b.frame}-0.5)*({a.x}+{slope:.6f}*({f}-{a.frame}))")
+    terms.append(f"gte({f},{knots[-1].frame})*{knots[-1].x}")
+    return "trunc((" + "+".join(terms) + ")/2)*2"

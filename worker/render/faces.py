@@ -1,0 +1,101 @@
+"""Where the speaker is: faces found on a few frames a second of the kept pieces (``output.aspect``).
+
+The source is decoded in this process with PyAV, opened as hardened as the probe opens it (allowlists, the
+pixel limit) and allowed only its video decoder; only the kept pieces are decoded (a seek to each), and
+non-reference frames are skipped by the decoder, so the cost is a fraction of the decode the render does
+anyway. Every :data:`SAMPLE_FPS`-th of a second a frame is shrunk to :data:`SAMPLE_WIDTH` grey pixels and
+OpenCV's bundled frontal-face cascade (it ships inside ``opencv-python-headless``; nothing is downloaded)
+runs on it. The sightings go to ``worker/reframe.py``, which plans the crop's path; the path is part of the
+plan, so whole renders and every chunk of a chunked one crop alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from fractions import Fraction
+from typing import Any
+
+from worker import reframe
+from worker.errors import ErrorCode, SourceError
+from worker.planner import Plan
+from worker.probe import input_options
+
+#: Frames a second the detector looks at.
+SAMPLE_FPS = 3
+#: The width the detector sees (the picture is shrunk to it, keeping its shape).
+SAMPLE_WIDTH = 480
+#: Smallest face the detector reports, as a share of the sampled width (a face in a wide shot of a room).
+MIN_FACE = 0.04
+
+
+def _cascade() -> Any:
+    import cv2
+
+    path = str(cv2.data.haarcascades) + "haarcascade_frontalface_default.xml"  # type: ignore[attr-defined]
+    cascade = cv2.CascadeClassifier(path)
+    if cascade.empty():
+        raise SourceError("OpenCV's face cascade is missing from its package", code=ErrorCode.INTERNAL_ERROR)
+    return cascade
+
+
+def sightings(plan: Plan) -> list[reframe.Face]:
+    """Faces on frames of the kept pieces, at source times (seconds from the first frame)."""
+    import av
+    import numpy as np
+
+    video = plan.info.video
+    assert video is not None
+    cascade = _cascade()
+    rate = plan.timeline.rate
+    faces: list[reframe.Face] = []
+    options = input_options(plan.limits.max_source_pixels, (video.codec,))
+    try:
+        with av.open(plan.info.path, options=options, timeout=(10.0, 10.0)) as container:
+            stream = container.streams.video[[s.index for s in container.streams.video].index(video.index)]
+            stream.codec_context.skip_frame = "NONREF"
+            stream.thread_type = "AUTO"
+            tb = stream.time_base
+            assert tb is not None
+            origin = Fraction(video.start)
+            for piece in plan.timeline.pieces:
+                start = origin + Fraction(max(piece.src, 0)) / rate
+                end = origin + Fraction(piece.src + piece.length) / rate
+                container.seek(int(start / tb), stream=stream, backward=True)
+                next_t = start
+                for frame in container.decode(stream):
+                    if not isinstance(frame, av.VideoFrame) or frame.pts is None:
+                        continue
+                    t = Fraction(frame.pts) * tb
+                    if t >= end:
+                        break
+                    if t < next_t:
+                        continue
+                    next_t = t + Fraction(1, SAMPLE_FPS)
+                    height = max(2, round(SAMPLE_WIDTH * frame.height / frame.width))
+                    gray = frame.reformat(width=SAMPLE_WIDTH, height=height, format="gray").to_ndarray()
+                    gray = np.rot90(gray, video.rotation // 90) if video.rotation else gray
+                    w = gray.shape[1]
+                    size = max(8, round(MIN_FACE * w))
+                    for x, _y, fw, _fh in cascade.detectMultiScale(gray, 1.1, 5, minSize=(size, size)):
+                        faces.append(reframe.Face(float(t - origin), (x + fw / 2) / w, fw / w))
+    except av.error.FFmpegError as exc:
+        raise SourceError(
+            f"the source could not be read to find faces ({exc})", code=ErrorCode.SOURCE_UNREADABLE
+        ) from exc
+    return faces
+
+
+def follow_speaker(plan: Plan) -> Plan:
+    """``plan`` with its crop's path (``output.aspect``), unless it has one or does not crop."""
+    if plan.encode.crop is None or plan.crop_path is not None or plan.info.video is None:
+        return plan
+    cw, _ch, _x, _y = plan.encode.crop
+    pieces = [(float(Fraction(p.src) / plan.timeline.rate), p.out, p.length) for p in plan.timeline.pieces]
+    knots = reframe.crop_path(
+        sightings(plan),
+        pieces,
+        fps=float(plan.timeline.rate),
+        picture_w=plan.info.video.display_width,
+        crop_w=cw,
+    )
+    return dataclasses.replace(plan, crop_path=knots)
