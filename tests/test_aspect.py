@@ -125,3 +125,13 @@ def test_a_source_at_the_aspect_already_is_not_cropped(media: dict[str, Path]) -
     plan = plan_render(media["cfr30"], SEGMENTS, OutputSpec("mp4", aspect="16:9"))
     assert plan.encode.crop is None and (plan.encode.width, plan.encode.height) == (320, 180)
     assert "crop=" not in plan.graph(plan.preset)
+
+
+def test_a_vertical_cut_keeps_sync(media: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "v.mp4"
+    render(media["cfr30"], SEGMENTS, OutputSpec("mp4", aspect="9:16"), out, chunks=3)
+    exp = oracle.expected(
+        [(s.start, s.end) for s in SEGMENTS], rate=Fraction(30), origin=Fraction(0), first=0, end=6000
+    )
+    rep = oracle.measure_sync(out, exp, gen.source_audio("cfr30").mean(axis=0), 48000)
+    assert rep.measured == len(exp.spans) and rep.worst_s <= 0.001, f"A/V offset {rep.worst_s * 1000:.3f} ms"

@@ -8,6 +8,7 @@ here the contract is the messages themselves and RENDER_TIME_LIMIT_S over the re
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import threading
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import av
 import pytest
 from farm import SECRET
 
@@ -390,3 +392,19 @@ def test_a_chunked_render_through_the_queue_measures_its_loudness_once(deps: Dep
     assert report["target"] == "broadcast" and report["mode"] in ("linear", "limited")
     assert abs(report["output"]["integrated"] + 23) <= 0.2
     assert rec["output"]["loudness"] == "broadcast"
+
+
+def test_a_reframed_render_through_the_queue_crops_every_chunk(deps: Deps, queue: Queue) -> None:
+    framed = {**job(), "output": {**job()["output"], "aspect": "9:16"}}
+    assert process(framed, deps, last_attempt=False) is Outcome.DISPATCHED
+    for body in [*queue.take("chunk"), *queue.take("audio")]:
+        assert process_part(body, deps, last_attempt=False) is Outcome.STORED
+    (assembly,) = queue.take("assembly")
+    assert process_part(assembly, deps, last_attempt=False) is Outcome.COMPLETED
+    rec = deps.records.get("rnd_1")
+    assert rec is not None and rec["state"] == "completed" and rec["output"]["aspect"] == "9:16"
+    assert isinstance(deps.storage, MemoryStorage)
+    data = deps.storage.get(str(rec["output_key"])).data
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        assert (stream.codec_context.width, stream.codec_context.height) == (102, 180)

@@ -1,0 +1,82 @@
+"""Benchmark: what following the speaker adds to a 1080p render (issue 22: at most 10 % of the wall time).
+
+Contenders, interleaved in one run on one machine, the same 20-piece cut (80 % kept) of a 1920x1080 30 fps
+source (fixtures/faces.py's walking astronaut, looped to ``--seconds``):
+
+* ``centred``: ``aspect="9:16"`` with the face search switched off (the centred crop): the encode alone;
+* ``following``: ``aspect="9:16"`` as shipped: the face search over the kept pieces, then the same encode.
+
+The report gives the ratio of the medians and the peak RSS of each, not absolute times::
+
+    python bench/reframe.py [--seconds 32] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import imageio_ffmpeg
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.run import make_plan  # noqa: E402
+from fixtures import faces as scene  # noqa: E402
+from worker.output import OutputSpec  # noqa: E402
+from worker.render import faces, render  # noqa: E402
+
+FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-reframe-") as tmp:
+        work = Path(tmp)
+        one = scene.make("face_moving", work)
+        src = work / "long.mp4"
+        loops = max(0, -(-args.seconds // scene.SECONDS) - 1)
+        subprocess.run(
+            [FFMPEG, "-hide_banner", "-loglevel", "error", "-y", "-stream_loop", str(loops), "-i", str(one)]
+            + ["-c", "copy", "-t", str(args.seconds), str(src)],
+            check=True,
+        )
+        segments = make_plan(20, float(args.seconds) - 0.5, 0.8, seed=22)
+        spec = OutputSpec("mp4", aspect="9:16")
+        real = faces.sightings
+        walls: dict[str, list[float]] = {"centred": [], "following": []}
+        for r in range(args.rounds):
+            for name in ("centred", "following") if r % 2 == 0 else ("following", "centred"):
+                faces.sightings = real if name == "following" else (lambda plan: [])  # type: ignore[assignment]
+                t0 = time.monotonic()
+                render(src, segments, spec, work / f"{name}.mp4")
+                walls[name].append(time.monotonic() - t0)
+                print(json.dumps({"round": r, "contender": name, "wall_s": round(walls[name][-1], 2)}), flush=True)
+        faces.sightings = real
+        centred, following = statistics.median(walls["centred"]), statistics.median(walls["following"])
+        print(
+            json.dumps(
+                {
+                    "source": f"1920x1080 30 fps, {args.seconds} s, 20 pieces keeping 80 %, 9:16 (608x1080)",
+                    "centred_median_s": round(centred, 2),
+                    "following_median_s": round(following, 2),
+                    "ratio": round(following / centred, 3),
+                    "peak_rss_worker_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+                }
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
