@@ -408,3 +408,26 @@ def test_a_reframed_render_through_the_queue_crops_every_chunk(deps: Deps, queue
     with av.open(io.BytesIO(data)) as container:
         stream = container.streams.video[0]
         assert (stream.codec_context.width, stream.codec_context.height) == (102, 180)
+
+
+def test_the_coordinator_plans_the_crop_path_once_and_sends_it(
+    deps: Deps, queue: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The faces are looked for once, by the coordinator; every chunk crops along the path its message carries."""
+    from worker.render import faces
+
+    looked: list[int] = []
+    real = faces.sightings
+
+    def counting(plan: Any) -> Any:
+        looked.append(1)
+        return real(plan)
+
+    monkeypatch.setattr(faces, "sightings", counting)
+    framed = {**job(), "output": {**job()["output"], "aspect": "9:16"}}
+    assert process(framed, deps, last_attempt=False) is Outcome.DISPATCHED
+    chunks = queue.take("chunk")
+    assert len(looked) == 1 and all(body["crop_path"] == [[0, 108]] for body in chunks)
+    for body in [*chunks, *queue.take("audio")]:
+        assert process_part(body, deps, last_attempt=False) is Outcome.STORED
+    assert len(looked) == 1

@@ -26,12 +26,13 @@ progress renews the record's lease, and the assembly completes or any part fails
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,7 @@ from worker.pipeline.outputs import (
 )
 from worker.pipeline.sources import drop_source, fetch_source, forget_source
 from worker.presets import load_preset
+from worker.reframe import Knot
 from worker.render import faces, parts
 from worker.render import loudness as render_loudness
 from worker.scratch import Scratch
@@ -88,7 +90,17 @@ def audio_key(settings: Settings, render_id: str, fmt: str) -> str:
     return tmp_key(settings, render_id, parts.audio_file_name(load_preset(fmt)))
 
 
-def dispatch_chunks(deps: Deps, raw: Any, count: int, token: str, deadline: float, version: str) -> None:
+def dispatch_chunks(
+    deps: Deps,
+    raw: Any,
+    count: int,
+    token: str,
+    deadline: float,
+    version: str,
+    crop_path: Sequence[Knot] | None = None,
+) -> None:
+    """Send the audio and every chunk of a chunked render. ``crop_path``: the reframing path the coordinator
+    planned for the whole output (``output.aspect``), carried to every chunk so they crop alike."""
     assert deps.dispatch is not None
     log.info("render %s: %d chunks and the audio on the queue", render_id_of(raw), count)
     common = {
@@ -102,6 +114,8 @@ def dispatch_chunks(deps: Deps, raw: Any, count: int, token: str, deadline: floa
         # of joining chunks of two different recordings.
         "source_version": version,
     }
+    if crop_path is not None:
+        common["crop_path"] = [[k.frame, k.x] for k in crop_path]
     # The audio first: an hour of it takes about a minute to encode, which then runs beside the chunks
     # instead of inside the assembly, which is left a stream copy of seconds (BENCHMARKS.md).
     deps.dispatch("audio", {**common, "part": "audio"})
@@ -269,9 +283,10 @@ def _chunk_part(
     settings = deps.settings
     with contextlib.ExitStack() as keep:
         plan, cplan = _fetch_and_plan(job, body, deps, watch, scratch, deadline, keep)
-        # The crop's path over the whole output: every chunk finds the same faces in the same frames, so it
-        # plans the same path and the chunks join without a step.
-        plan = faces.follow_speaker(plan)
+        # The crop's path over the whole output, as the coordinator planned it; a message from a coordinator
+        # that sent none is planned here (the same faces in the same frames give the same path).
+        sent = _crop_path_of(body)
+        plan = dataclasses.replace(plan, crop_path=sent) if sent is not None else faces.follow_speaker(plan)
         lease.index, lease.total, lease.watched = index, cplan.total, True
         frames = cplan.chunks[index].frames
         piece = scratch.path / parts.chunk_file_name(plan.preset, index)
@@ -302,6 +317,23 @@ def _chunk_part(
     deps.records.chunk_progress(job.render_id, index, frames)
     log.info("render %s: chunk %d of %d stored", job.render_id, index, count)
     _part_stored(deps, body, job.render_id, index)
+
+
+#: The most knots a chunk message's crop path may carry (a path is a few knots a second of motion).
+MAX_CROP_KNOTS = 100_000
+
+
+def _crop_path_of(body: Mapping[str, Any]) -> tuple[Knot, ...] | None:
+    """The coordinator's crop path from a chunk message, if it sent one (pairs of output frame and x)."""
+    raw = body.get("crop_path")
+    if not isinstance(raw, list) or not raw or len(raw) > MAX_CROP_KNOTS:
+        return None
+    knots = []
+    for pair in raw:
+        if not (isinstance(pair, list) and len(pair) == 2 and all(type(v) is int and v >= 0 for v in pair)):
+            return None
+        knots.append(Knot(pair[0], pair[1]))
+    return tuple(knots)
 
 
 def _audio_part(

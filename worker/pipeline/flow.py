@@ -51,7 +51,7 @@ from worker.pipeline.outputs import (
 )
 from worker.pipeline.sources import fetch_source, forget_source
 from worker.presets import load_preset
-from worker.render import RenderResult
+from worker.render import RenderResult, faces
 from worker.scratch import Scratch
 
 log = logging.getLogger(__name__)
@@ -227,7 +227,9 @@ def run_render(
             if strategy.kind is planner.Kind.CHUNKED:
                 # Its parts encode on the CPU preset: the record says so from now on, however it ends.
                 deps.records.note(job.render_id, lease.token, {"encoder": "cpu"})
-                dispatch_chunks(deps, raw, strategy.count, lease.token, wall_deadline, version)
+                # A reframed render's crop path is planned here, once, and travels with every chunk.
+                plan = faces.follow_speaker(plan)
+                dispatch_chunks(deps, raw, strategy.count, lease.token, wall_deadline, version, plan.crop_path)
                 return None
             result = deps.renderer(
                 src,
