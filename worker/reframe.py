@@ -19,10 +19,13 @@ one term a segment, no nesting), so a chunk of the output evaluates the same pat
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 
-#: The face may move this share of the crop's width either side of the crop's middle before the crop follows.
-DEAD_ZONE = 0.18
+#: The face may move this share of the crop's width either side of the crop's middle before the crop follows;
+#: once following, the crop stops when the face is back within the inner zone.
+DEAD_ZONE = 0.12
+INNER_ZONE = 0.04
 #: The crop glides at most this share of its own width a second.
 MAX_SPEED = 0.6
 #: A sighting further than this share of the picture's width from the last one is another face.
@@ -74,36 +77,50 @@ def speaker(faces: Sequence[Face]) -> list[Face]:
     return track
 
 
+def _position(knots: Sequence[tuple[int, float]], frame: int) -> float:
+    """Where a path of (frame, x) knots is at ``frame``: linear between knots, held after the last."""
+    x = knots[0][1]
+    for (f0, x0), (f1, x1) in zip(knots, knots[1:], strict=False):
+        if frame < f1:
+            return x0 + (x1 - x0) * (frame - f0) / (f1 - f0) if frame > f0 else x0
+        x = x1
+    return x if frame >= knots[-1][0] else knots[0][1]
+
+
+def _cut_at(knots: list[tuple[int, float]], frame: int) -> list[tuple[int, float]]:
+    """The path up to ``frame``, ending with a knot there (where the path was)."""
+    x = _position(knots, frame)
+    kept = [k for k in knots if k[0] < frame]
+    return [*kept, (frame, x)]
+
+
 def _follow(targets: Sequence[tuple[int, float]], start: float, fps: float, crop_w: float) -> list[tuple[int, float]]:
-    """Frame-by-frame positions (a list of (frame, x) knots) following ``targets`` from ``start``."""
-    knots = [(0, start)]
-    x = start
+    """The path, as (frame, x) knots, that follows ``targets`` (frame, where the crop should be) from ``start``.
+
+    Hysteresis: the crop starts to move when the face leaves the dead zone and keeps following, retargeted at
+    every sighting from wherever it is then, until the face is back in the inner zone; so it neither jitters
+    nor lags a face that walks.
+    """
+    knots: list[tuple[int, float]] = [(0, start)]
     step = MAX_SPEED * crop_w / fps
-    zone = DEAD_ZONE * crop_w
-    prev_frame = 0
+    moving = False
     seen = start  # where the face was at the last sighting
     for frame, target in targets:
         jumped = abs(target - seen) > crop_w / 2
         seen = target
-        if abs(target - x) <= zone:
-            continue  # still inside the middle: hold
         if jumped:
             # Half a crop's width from one sighting to the next (a third of a second): the recording cut (nobody
             # walks that fast on a set), so the crop cuts too, instead of panning across it.
-            begin = max(frame, prev_frame)
-            if knots[-1][0] < begin - 1:
-                knots.append((begin - 1, x))
-            knots.append((begin, target))
-            x, prev_frame = target, begin
+            knots = (_cut_at(knots, frame - 1) if frame > 0 else []) + [(frame, target)]
+            moving = False
             continue
-        goal = target
-        dist = goal - x
-        frames = max(1, round(abs(dist) / step))
-        begin = max(frame, prev_frame)
-        if knots[-1][0] != begin:
-            knots.append((begin, x))
-        knots.append((begin + frames, goal))
-        x, prev_frame = goal, begin + frames
+        gap = abs(target - _position(knots, frame))
+        if gap <= (INNER_ZONE if moving else DEAD_ZONE) * crop_w:
+            moving = moving and gap > INNER_ZONE * crop_w
+            continue
+        knots = _cut_at(knots, frame)
+        knots.append((frame + max(1, math.ceil(gap / step)), target))
+        moving = True
     return knots
 
 

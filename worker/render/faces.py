@@ -38,9 +38,28 @@ def _cascade() -> Any:
     return cascade
 
 
+#: Pixel formats whose first plane is 8-bit luma, as decoders hand out 8-bit video.
+_LUMA_FIRST_8BIT = frozenset({"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "nv12", "gray"})
+
+
+def _small_luma(frame: Any, cv2: Any) -> Any:
+    """The frame's luma plane, shrunk to :data:`SAMPLE_WIDTH` by area averaging: a view of the decoder's own
+    plane (every H.264 output is planar with luma first), so no colour conversion of the whole frame runs."""
+    import numpy as np
+
+    if frame.format.name not in _LUMA_FIRST_8BIT:  # 10-bit HDR, RGB, ...: converted (rare, and slower)
+        frame = frame.reformat(format="gray")
+    plane = frame.planes[0]
+    rows = np.frombuffer(memoryview(plane), dtype=np.uint8).reshape(-1, plane.line_size)
+    luma = rows[: frame.height, : frame.width]
+    height = max(2, round(SAMPLE_WIDTH * frame.height / frame.width))
+    return cv2.resize(luma, (SAMPLE_WIDTH, height), interpolation=cv2.INTER_AREA)
+
+
 def sightings(plan: Plan) -> list[reframe.Face]:
     """Faces on frames of the kept pieces, at source times (seconds from the first frame)."""
     import av
+    import cv2
     import numpy as np
 
     video = plan.info.video
@@ -71,8 +90,7 @@ def sightings(plan: Plan) -> list[reframe.Face]:
                     if t < next_t:
                         continue
                     next_t = t + Fraction(1, SAMPLE_FPS)
-                    height = max(2, round(SAMPLE_WIDTH * frame.height / frame.width))
-                    gray = frame.reformat(width=SAMPLE_WIDTH, height=height, format="gray").to_ndarray()
+                    gray = _small_luma(frame, cv2)
                     gray = np.rot90(gray, video.rotation // 90) if video.rotation else gray
                     w = gray.shape[1]
                     size = max(8, round(MIN_FACE * w))
