@@ -16,8 +16,8 @@ import oracle
 import pytest
 
 from fixtures import generate as gen
+from worker.encoding import aspect_size
 from worker.errors import InvalidJob
-from worker.graph import aspect_size
 from worker.output import ASPECTS, OutputSpec
 from worker.plan import Segment
 from worker.planner import plan_render

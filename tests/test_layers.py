@@ -42,6 +42,7 @@ LAYERS: dict[str, int] = {
     "worker.exports.otio": 2,
     "worker.exports": 2,
     "worker.output": 2,
+    "worker.encoding": 2,
     "worker.graph": 2,
     "worker.cover": 2,
     "worker.encoders": 2,

@@ -7,8 +7,9 @@ from fractions import Fraction
 
 import pytest
 
+from worker.encoding import decide, output_size
 from worker.errors import ErrorCode, InvalidJob, SourceError
-from worker.graph import build_graph, decide, ffmpeg_args, output_size
+from worker.graph import build_graph, ffmpeg_args
 from worker.output import OutputSpec
 from worker.plan import Segment, build_timeline
 from worker.presets import FORMATS, VARIANTS, all_presets, load_preset, load_tiers

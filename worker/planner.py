@@ -19,8 +19,9 @@ import os
 from fractions import Fraction
 
 from worker.chunks import PREROLL_S, SEEK_GAP_S, ChunkPlan, plan_chunks
+from worker.encoding import EncodeSettings, decide
 from worker.errors import ErrorCode, InvalidJob, SourceError
-from worker.graph import EncodeSettings, build_graph, decide
+from worker.graph import build_graph
 from worker.loudness import Gain, Measurement
 from worker.output import OutputSpec
 from worker.plan import Segment, Timeline, build_timeline, clamp_to_source
