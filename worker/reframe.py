@@ -6,7 +6,8 @@ crop's left edge for every output frame, as knots of a piecewise-linear path:
 * the speaker is the largest face seen, followed from sighting to sighting by nearness (a passer-by or a
   poster further away does not pull the crop);
 * the crop holds still while the face stays inside the middle of the crop (:data:`DEAD_ZONE`), and glides
-  (at most :data:`MAX_SPEED` of the crop's width a second) when it leaves it, so it never jitters; a face
+  (at most :data:`MAX_SPEED` of the crop's width a second, aimed :data:`LEAD_S` ahead of a walking face)
+  when it leaves it, so it never jitters; a face
   that moved half a crop's width between two sightings was cut to in the recording, and the crop cuts too;
 * at a cut the crop starts where the speaker is in the new piece: a jump at a cut reads as a cut, a glide
   across it would not;
@@ -27,7 +28,9 @@ from collections.abc import Sequence
 DEAD_ZONE = 0.12
 INNER_ZONE = 0.04
 #: The crop glides at most this share of its own width a second.
-MAX_SPEED = 0.6
+MAX_SPEED = 1.0
+#: A face that moves is followed this far ahead (seconds): about the time to the next sighting.
+LEAD_S = 0.3
 #: A sighting further than this share of the picture's width from the last one is another face.
 TRACK_JUMP = 0.25
 #: ... until the speaker has been seen nowhere else for this many sightings running (about a second).
@@ -152,7 +155,13 @@ def crop_path(
         if not inside:  # no sighting in the piece: where the speaker was last seen before it (or first after)
             before = [f for f in track if f.t < src_start]
             inside = [before[-1] if before else min(track, key=lambda f: abs(f.t - src_start))]
-        targets = [(max(0, round((f.t - src_start) * fps)), left(f.cx)) for f in inside]
+        targets = []
+        for prev, f in zip([None, *inside], inside, strict=False):
+            cx = f.cx
+            if prev is not None and f.t > prev.t and abs(f.cx - prev.cx) <= TRACK_JUMP:
+                # Walking: aim where the face will be by the next sighting, not where it was at this one.
+                cx += (f.cx - prev.cx) / (f.t - prev.t) * LEAD_S
+            targets.append((max(0, round((f.t - src_start) * fps)), left(cx)))
         path = [Knot(frame, round(x)) for frame, x in _follow(targets, targets[0][1], fps, crop_w)]
         local = [k for k in path if k.frame < frames]
         local.append(Knot(frames - 1, round(x_at(path, frames - 1))))

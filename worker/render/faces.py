@@ -26,6 +26,9 @@ SAMPLE_FPS = 3
 SAMPLE_WIDTH = 480
 #: Smallest face the detector reports, as a share of the sampled width (a face in a wide shot of a room).
 MIN_FACE = 0.04
+#: How much larger each of the detector's scans looks than the last: 1.2 halves its time against 1.1 and still
+#: finds a talking head (the crop's path needs where the face is, not its exact size).
+SCALE_STEP = 1.2
 
 
 def _cascade() -> Any:
@@ -94,7 +97,7 @@ def sightings(plan: Plan) -> list[reframe.Face]:
                     gray = np.rot90(gray, video.rotation // 90) if video.rotation else gray
                     w = gray.shape[1]
                     size = max(8, round(MIN_FACE * w))
-                    for x, _y, fw, _fh in cascade.detectMultiScale(gray, 1.1, 5, minSize=(size, size)):
+                    for x, _y, fw, _fh in cascade.detectMultiScale(gray, SCALE_STEP, 4, minSize=(size, size)):
                         faces.append(reframe.Face(float(t - origin), (x + fw / 2) / w, fw / w))
     except av.error.FFmpegError as exc:
         raise SourceError(
