@@ -22,6 +22,8 @@ from worker.probe import input_options
 
 #: Frames a second the detector looks at.
 SAMPLE_FPS = 3
+#: A gap of the cut longer than this (seconds) is skipped by a seek; a shorter one is decoded through.
+SEEK_GAP_S = 2
 #: The width the detector sees (the picture is shrunk to it, keeping its shape).
 SAMPLE_WIDTH = 480
 #: Smallest face the detector reports, as a share of the sampled width (a face in a wide shot of a room).
@@ -79,16 +81,29 @@ def sightings(plan: Plan) -> list[reframe.Face]:
             tb = stream.time_base
             assert tb is not None
             origin = Fraction(video.start)
+            decoded: Any = None  # the frames from the last seek on
+            held: Any = None  # a frame read past the end of the last piece: the next one's, perhaps
+            at = None  # source time the decoder has reached
             for piece in plan.timeline.pieces:
                 start = origin + Fraction(max(piece.src, 0)) / rate
                 end = origin + Fraction(piece.src + piece.length) / rate
-                container.seek(int(start / tb), stream=stream, backward=True)
+                if at is None or start - at > SEEK_GAP_S:
+                    # A seek decodes from the keyframe before it: it pays only across a gap longer than that;
+                    # a shorter gap is decoded through (most of a filler cut is kept).
+                    container.seek(int(start / tb), stream=stream, backward=True)
+                    decoded, held = container.decode(stream), None
                 next_t = start
-                for frame in container.decode(stream):
+                while True:
+                    frame = held if held is not None else next(decoded, None)
+                    held = None
+                    if frame is None:
+                        break
                     if not isinstance(frame, av.VideoFrame) or frame.pts is None:
                         continue
                     t = Fraction(frame.pts) * tb
+                    at = t
                     if t >= end:
+                        held = frame
                         break
                     if t < next_t:
                         continue
