@@ -378,16 +378,22 @@ def test_caches_of_dead_processes_are_removed(tmp_path: Path) -> None:
     assert not stale.exists() and live.exists()
 
 
-def test_a_chunked_render_through_the_queue_measures_its_loudness_once(deps: Deps, queue: Queue) -> None:
-    """The audio part measures all the kept audio and applies one gain; the assembly's record carries it."""
-    loud = {**job(), "output": {**job()["output"], "loudness": "broadcast"}}
-    assert process(loud, deps, last_attempt=False) is Outcome.DISPATCHED
+def _through_the_queue(deps: Deps, queue: Queue, **output: Any) -> dict[str, Any]:
+    """A chunked job with these output options, every part run and the assembly: the completed record."""
+    msg = {**job(), "output": {**job()["output"], **output}}
+    assert process(msg, deps, last_attempt=False) is Outcome.DISPATCHED
     for body in [*queue.take("audio"), *queue.take("chunk")]:
         assert process_part(body, deps, last_attempt=False) is Outcome.STORED
     (assembly,) = queue.take("assembly")
     assert process_part(assembly, deps, last_attempt=False) is Outcome.COMPLETED
     rec = deps.records.get("rnd_1")
     assert rec is not None and rec["state"] == "completed"
+    return rec
+
+
+def test_a_chunked_render_through_the_queue_measures_its_loudness_once(deps: Deps, queue: Queue) -> None:
+    """The audio part measures all the kept audio and applies one gain; the assembly's record carries it."""
+    rec = _through_the_queue(deps, queue, loudness="broadcast")
     report = rec["loudness"]
     assert report["target"] == "broadcast" and report["mode"] in ("linear", "limited")
     assert abs(report["output"]["integrated"] + 23) <= 0.2
@@ -395,14 +401,8 @@ def test_a_chunked_render_through_the_queue_measures_its_loudness_once(deps: Dep
 
 
 def test_a_reframed_render_through_the_queue_crops_every_chunk(deps: Deps, queue: Queue) -> None:
-    framed = {**job(), "output": {**job()["output"], "aspect": "9:16"}}
-    assert process(framed, deps, last_attempt=False) is Outcome.DISPATCHED
-    for body in [*queue.take("chunk"), *queue.take("audio")]:
-        assert process_part(body, deps, last_attempt=False) is Outcome.STORED
-    (assembly,) = queue.take("assembly")
-    assert process_part(assembly, deps, last_attempt=False) is Outcome.COMPLETED
-    rec = deps.records.get("rnd_1")
-    assert rec is not None and rec["state"] == "completed" and rec["output"]["aspect"] == "9:16"
+    rec = _through_the_queue(deps, queue, aspect="9:16")
+    assert rec["output"]["aspect"] == "9:16"
     assert isinstance(deps.storage, MemoryStorage)
     data = deps.storage.get(str(rec["output_key"])).data
     with av.open(io.BytesIO(data)) as container:
