@@ -82,12 +82,10 @@ def speaker(faces: Sequence[Face]) -> list[Face]:
 
 def _position(knots: Sequence[tuple[int, float]], frame: int) -> float:
     """Where a path of (frame, x) knots is at ``frame``: linear between knots, held after the last."""
-    x = knots[0][1]
     for (f0, x0), (f1, x1) in zip(knots, knots[1:], strict=False):
         if frame < f1:
             return x0 + (x1 - x0) * (frame - f0) / (f1 - f0) if frame > f0 else x0
-        x = x1
-    return x if frame >= knots[-1][0] else knots[0][1]
+    return knots[-1][1]
 
 
 def _cut_at(knots: list[tuple[int, float]], frame: int) -> list[tuple[int, float]]:
@@ -178,14 +176,7 @@ def crop_path(
 
 def x_at(knots: Sequence[Knot], frame: int) -> float:
     """The path at output ``frame`` (what the expression evaluates to): linear between knots, held outside."""
-    if frame <= knots[0].frame:
-        return float(knots[0].x)
-    for a, b in zip(knots, knots[1:], strict=False):
-        if frame < b.frame:
-            if b.frame - a.frame <= 1 or a.x == b.x:
-                return float(a.x)
-            return a.x + (b.x - a.x) * (frame - a.frame) / (b.frame - a.frame)
-    return float(knots[-1].x)
+    return _position([(k.frame, float(k.x)) for k in knots], frame)
 
 
 def x_expression(knots: Sequence[Knot], offset: int = 0) -> str:

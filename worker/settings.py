@@ -550,7 +550,7 @@ NOT_SETTINGS: frozenset[str] = frozenset()
 
 def unknown_names(environ: Mapping[str, str]) -> list[str]:
     """The ``RENDER_*`` variables in ``environ`` that are no setting: misspellings, most likely."""
-    known = {s.env for s in SETTINGS} | NOT_SETTINGS
+    known = _ENV_NAMES | NOT_SETTINGS
     return sorted(k for k in environ if k.startswith(PREFIX) and k not in known)
 
 

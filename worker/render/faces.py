@@ -47,9 +47,10 @@ def _cascade() -> Any:
 _LUMA_FIRST_8BIT = frozenset({"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "nv12", "gray"})
 
 
-def _small_luma(frame: Any, cv2: Any) -> Any:
+def _small_luma(frame: Any) -> Any:
     """The frame's luma plane, shrunk to :data:`SAMPLE_WIDTH` by area averaging: a view of the decoder's own
     plane (every H.264 output is planar with luma first), so no colour conversion of the whole frame runs."""
+    import cv2
     import numpy as np
 
     if frame.format.name not in _LUMA_FIRST_8BIT:  # 10-bit HDR, RGB, ...: converted (rare, and slower)
@@ -64,7 +65,6 @@ def _small_luma(frame: Any, cv2: Any) -> Any:
 def sightings(plan: Plan) -> list[reframe.Face]:
     """Faces on frames of the kept pieces, at source times (seconds from the first frame)."""
     import av
-    import cv2
     import numpy as np
 
     video = plan.info.video
@@ -75,7 +75,7 @@ def sightings(plan: Plan) -> list[reframe.Face]:
     options = input_options(plan.limits.max_source_pixels, (video.codec,))
     try:
         with av.open(plan.info.path, options=options, timeout=(10.0, 10.0)) as container:
-            stream = container.streams.video[[s.index for s in container.streams.video].index(video.index)]
+            stream = next(s for s in container.streams.video if s.index == video.index)
             stream.codec_context.skip_frame = "NONREF"
             stream.thread_type = "AUTO"
             tb = stream.time_base
@@ -108,7 +108,7 @@ def sightings(plan: Plan) -> list[reframe.Face]:
                     if t < next_t:
                         continue
                     next_t = t + Fraction(1, SAMPLE_FPS)
-                    gray = _small_luma(frame, cv2)
+                    gray = _small_luma(frame)
                     gray = np.rot90(gray, video.rotation // 90) if video.rotation else gray
                     w = gray.shape[1]
                     size = max(8, round(MIN_FACE * w))
