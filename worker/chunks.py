@@ -107,7 +107,7 @@ def chunk_count(total_frames: int, rate: Fraction, *, chunk_s: float, min_s: flo
     return min(total_frames, max(2, math.floor(duration / Fraction(chunk_s) + Fraction(1, 2))))
 
 
-def _spans_in(timeline: Timeline, start: int, end: int) -> list[Span]:
+def spans_in(timeline: Timeline, start: int, end: int) -> list[Span]:
     """The parts of the timeline's pieces that fall in output frames ``[start, end)``, in order."""
     spans = []
     for p in timeline.pieces:
@@ -117,7 +117,7 @@ def _spans_in(timeline: Timeline, start: int, end: int) -> list[Span]:
     return spans
 
 
-def _runs(spans: Sequence[Span], *, seek_gap: int, margin: int, max_runs: int) -> tuple[Run, ...]:
+def runs_of(spans: Sequence[Span], *, seek_gap: int, margin: int, max_runs: int) -> tuple[Run, ...]:
     """Group spans into runs: a new run where the source skips ``seek_gap`` units or more; at most ``max_runs``."""
     gaps = [(b.src - (a.src + a.length), i) for i, (a, b) in enumerate(zip(spans, spans[1:], strict=False), 1)]
     splits = sorted(i for gap, i in gaps if gap >= seek_gap)
@@ -169,8 +169,8 @@ def plan_chunks(
     chunks = []
     for k in range(count):
         pre = min(preroll, bounds[k])
-        spans = _spans_in(timeline, bounds[k] - pre, bounds[k + 1])
-        runs = _runs(spans, seek_gap=seek_gap, margin=margin, max_runs=max_runs)
+        spans = spans_in(timeline, bounds[k] - pre, bounds[k + 1])
+        runs = runs_of(spans, seek_gap=seek_gap, margin=margin, max_runs=max_runs)
         chunks.append(Chunk(index=k, start=bounds[k], end=bounds[k + 1], runs=runs, preroll=pre))
     return ChunkPlan(rate=rate, total=total, chunks=tuple(chunks))
 

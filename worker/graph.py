@@ -41,6 +41,7 @@ from fractions import Fraction
 from worker import loudness, reframe
 from worker.chunks import Chunk, Run
 from worker.encoding import EncodeSettings
+from worker.gops import GopIndex
 from worker.plan import Timeline
 from worker.presets import Preset, Tiers, load_tiers
 from worker.probe import SourceInfo, input_options
@@ -395,6 +396,23 @@ CHUNK_ENCODER_ARGS: dict[str, tuple[str, ...]] = {
 }
 
 
+def matching_encoder_args(index: GopIndex) -> list[str]:
+    """x264 options for a smart render's encoded segment, which plays on into and out of copied GOPs.
+
+    The source's profile and level (so a decoder sized for the copied stream is sized for these frames too;
+    the level also bounds x264's reference frames to the same buffer), closed GOPs from an IDR frame (as for
+    a chunk), and the SPS and PPS repeated in front of every IDR frame (``repeat-headers``): the copied GOPs
+    carry the source's own in front of theirs (worker/render/splice.py), so every GOP brings its parameter
+    sets and a player that starts or seeks anywhere decodes it with the right ones. Size, SAR and colour
+    tags come from the decoded frames, which are the source's.
+    """
+    assert index.profile is not None
+    return [
+        *("-profile:v", index.profile, "-level:v", str(index.level), "-flags", "+cgop", "-forced-idr", "1"),
+        *("-x264-params", "open-gop=0:repeat-headers=1"),
+    ]
+
+
 def first_frame_key(chunk: Chunk) -> list[str]:
     """Forces a keyframe (an IDR frame, with ``-forced-idr``) on the chunk's first own frame, after its pre-roll."""
     return ["-force_key_frames", f"expr:eq(n,{chunk.preroll})"]
@@ -518,6 +536,7 @@ def chunk_ffmpeg_args(
     max_pixels: int,
     muxer: str,
     tiers: Tiers | None = None,
+    encoder_args: Sequence[str] | None = None,
 ) -> list[str]:
     """The ffmpeg arguments that encode one chunk's frames, after its pre-roll (no audio), into a piece
     written by ``muxer`` (the format's piece preset's).
@@ -527,6 +546,7 @@ def chunk_ffmpeg_args(
     encoder, preset and rate control as the whole render, plus :data:`CHUNK_ENCODER_ARGS` and a forced
     keyframe on the first frame after the pre-roll, so that once the pre-roll is dropped
     (``worker.render.parts.render_chunk``) every piece starts with an IDR frame in a closed GOP.
+    ``encoder_args`` replaces :data:`CHUNK_ENCODER_ARGS` (a smart render's :func:`matching_encoder_args`).
     """
     tiers = tiers or load_tiers()
     assert preset.video_codec is not None and info.video is not None
@@ -540,7 +560,9 @@ def chunk_ffmpeg_args(
         args += ["-t", f"{ri.duration_us / 1_000_000:.6f}", "-i", info.path]
     args += ["-/filter_complex", graph_file]
     args += _video_encode_args(info, preset, enc, tiers)
-    args += [*CHUNK_ENCODER_ARGS.get(preset.video_codec, ()), *first_frame_key(chunk)]
+    if encoder_args is None:
+        encoder_args = CHUNK_ENCODER_ARGS.get(preset.video_codec, ())
+    args += [*encoder_args, *first_frame_key(chunk)]
     args += ["-map_metadata", "-1", "-map_chapters", "-1", "-f", muxer, output_file]
     return args
 

@@ -48,6 +48,7 @@ class OutputSpec:
     audio_bitrate: int | None = None  # kbps
     loudness: str | None = None  # a target of worker/loudness.py; None keeps the source's level
     aspect: str | None = None  # one of ASPECTS; None keeps the source's picture
+    smart: bool = True  # copy whole GOPs where the source's video can go out unchanged (worker/smart.py)
 
     @classmethod
     def from_dict(cls, raw: Any, tiers: Tiers | None = None) -> OutputSpec:
@@ -60,7 +61,7 @@ class OutputSpec:
         tiers = tiers or load_tiers()
         if not isinstance(raw, dict):
             raise InvalidJob(f"output must be an object, got {excerpt(raw)}")
-        unknown = set(raw) - {"format", "resolution", "video_bitrate", "audio_bitrate", "loudness", "aspect"}
+        unknown = set(raw) - {"format", "resolution", "video_bitrate", "audio_bitrate", "loudness", "aspect", "smart"}
         if unknown:
             raise InvalidJob(f"output has unknown field(s): {excerpt(sorted(unknown))}")
         fmt = raw.get("format")
@@ -87,9 +88,16 @@ class OutputSpec:
             raise InvalidJob(f"output.aspect must be one of {', '.join(ASPECTS)} or null; got {excerpt(aspect)}")
         if aspect is not None and fmt in FORMATS and not load_preset(fmt).has_video:
             raise InvalidJob(f"output.aspect ({aspect}) needs a video format; {fmt} has no picture")
+        smart = raw.get("smart")
+        if smart is None:
+            smart = True  # absent or null: the default, as for every other option
+        elif type(smart) is not bool:
+            raise InvalidJob(f"output.smart must be true, false or null; got {excerpt(smart)}")
         # An export's resolution, bitrates, loudness and aspect are checked like any (a typo is still refused) but
         # change nothing: a timeline document has no pixels, bits or samples to size.
-        return cls(format=fmt, resolution=res, video_bitrate=vb, audio_bitrate=ab, loudness=level, aspect=aspect)
+        return cls(
+            format=fmt, resolution=res, video_bitrate=vb, audio_bitrate=ab, loudness=level, aspect=aspect, smart=smart
+        )
 
     @property
     def is_export(self) -> bool:
@@ -103,4 +111,6 @@ class OutputSpec:
                 # Absent, as in every job before the option existed: the record and the fingerprint of an older
                 # job are what they were.
                 del out[optional]
+        if out["smart"]:
+            del out["smart"]  # the default, absent as before the option existed
         return out

@@ -5,9 +5,11 @@ part of a chunked render plan through :func:`plan_render` and :func:`strategy_fo
 frame and chunk for chunk (the plan is a function of the probe and the settings alone). Exports plan here
 too (worker/exports/file.py): an editor timeline shows what a render of the same job shows.
 
-A strategy is decided once, here: ``whole`` (one ffmpeg), or ``chunked`` (the output's frames cut into
-chunks that encode apart, worker/chunks.py; on the queue each chunk is a message, in render-cli each an
-ffmpeg process). A new strategy is a new value here and a new module in ``worker/render/``.
+A strategy is decided once, here: ``smart`` (the GOPs the cut keeps whole copied from the source, the
+frames around the cuts encoded, worker/smart.py) where the source's video can go out unchanged and enough
+of it would be copied; else ``whole`` (one ffmpeg), or ``chunked`` (the output's frames cut into chunks that
+encode apart, worker/chunks.py; on the queue each chunk is a message, in render-cli each an ffmpeg process).
+A new strategy is a new value here and a new module in ``worker/render/``.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ import math
 import os
 from fractions import Fraction
 
+from worker import gops, smart
 from worker.chunks import PREROLL_S, SEEK_GAP_S, ChunkPlan, plan_chunks
 from worker.encoding import EncodeSettings, decide
 from worker.errors import ErrorCode, InvalidJob, SourceError
+from worker.gops import GopIndex
 from worker.graph import build_graph
 from worker.loudness import Gain, Measurement
 from worker.output import OutputSpec
@@ -175,6 +179,29 @@ def plan_render(
     return Plan(info=info, spec=spec, timeline=timeline, encode=enc, limits=limits)
 
 
+def _seek_gap(plan: Plan) -> int:
+    """Frames of the source a decode walks through rather than seek over (see :func:`chunk_plan_for`)."""
+    assert plan.info.video is not None
+    rate = plan.timeline.rate
+    keys = Fraction(plan.info.video.keyframe_interval_s or 0)
+    return max(math.ceil(SEEK_GAP_S * rate), math.ceil(keys * rate))
+
+
+def smart_plan_for(plan: Plan) -> tuple[smart.SmartPlan, GopIndex] | str:
+    """The copies and encodes of a smart render of ``plan`` and the source's GOP index, or why it renders
+    otherwise (the source does not qualify, its GOPs allow no copy, or too little would be copied)."""
+    reason = smart.why_not(plan.info, plan.spec, plan.encode, plan.preset)
+    if reason is not None:
+        return reason
+    index = gops.scan(plan.info, max_pixels=plan.limits.max_source_pixels)
+    if index.problem is not None:
+        return f"the source's video cannot be copied: {index.problem}"
+    splice = smart.plan_smart(plan.timeline, index, seek_gap=_seek_gap(plan))
+    if splice is None:
+        return f"under {smart.MIN_COPIED_SHARE:.0%} of the frames would be copied"
+    return splice, index
+
+
 def chunk_plan_for(plan: Plan, settings: Settings | None = None, *, count: int | None = None) -> ChunkPlan:
     """The chunks of a video render: ``count`` of them, or as many as RENDER_CHUNK_S / RENDER_CHUNK_MIN_S give.
 
@@ -188,7 +215,7 @@ def chunk_plan_for(plan: Plan, settings: Settings | None = None, *, count: int |
     if video is None or not plan.has_video:
         raise InvalidJob(f"only video renders are chunked; {plan.spec.format} is rendered whole")
     rate = plan.timeline.rate
-    seek_gap = max(math.ceil(SEEK_GAP_S * rate), math.ceil(Fraction(video.keyframe_interval_s or 0) * rate))
+    seek_gap = _seek_gap(plan)
     margin = math.ceil(rate) if video.is_vfr else 0
     return plan_chunks(
         plan.timeline,
@@ -204,12 +231,17 @@ def chunk_plan_for(plan: Plan, settings: Settings | None = None, *, count: int |
 class Kind(enum.StrEnum):
     WHOLE = "whole"  # one ffmpeg encodes every frame (worker/render/whole.py)
     CHUNKED = "chunked"  # chunks encode apart and join by stream copy (worker/render/chunked.py)
+    SMART = "smart"  # whole GOPs copied, the frames around the cuts encoded (worker/render/smart.py)
 
 
 @dataclasses.dataclass(frozen=True)
 class Strategy:
     kind: Kind
     chunks: ChunkPlan | None = None  # the chunk plan of a chunked render
+    smart: smart.SmartPlan | None = None  # the copies and encodes of a smart render
+    gops: GopIndex | None = None  # the source's GOP index, for a smart render
+    #: Why a video render is not smart (``render-cli graph`` says it); None for a smart or audio-only one.
+    not_smart: str | None = None
 
     @property
     def count(self) -> int:
@@ -227,13 +259,21 @@ def strategy_for(
     ``split``: whether the caller can run chunks at all (a queue worker with a dispatcher, ``render-cli
     render --chunks N`` with N > 1). ``chunks``: the number asked for (``None``: RENDER_CHUNK_S and
     RENDER_CHUNK_MIN_S decide). An audio-only output, or a plan that comes out as one chunk, renders whole.
+
+    Smart first: where the source's video can be copied, copying most of the frames on one worker costs less
+    than encoding all of them in parallel (and a smart render's encodes already run side by side).
     """
-    if not split or not plan.has_video or plan.info.video is None:
+    if not plan.has_video or plan.info.video is None:
         return WHOLE
+    found = smart_plan_for(plan)
+    if not isinstance(found, str):
+        return Strategy(Kind.SMART, smart=found[0], gops=found[1])
+    if not split:
+        return Strategy(Kind.WHOLE, not_smart=found)
     cplan = chunk_plan_for(plan, settings, count=chunks)
     if len(cplan.chunks) <= 1:
-        return WHOLE
-    return Strategy(Kind.CHUNKED, cplan)
+        return Strategy(Kind.WHOLE, not_smart=found)
+    return Strategy(Kind.CHUNKED, cplan, not_smart=found)
 
 
 __all__ = [
@@ -246,5 +286,6 @@ __all__ = [
     "chunk_plan_for",
     "grid_of",
     "plan_render",
+    "smart_plan_for",
     "strategy_for",
 ]

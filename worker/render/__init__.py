@@ -4,6 +4,8 @@ storage, records and webhooks, and ``render-cli`` calls them directly on local f
 
 * :mod:`~worker.render.whole`: one ffmpeg, NVENC where it works;
 * :mod:`~worker.render.chunked`: chunks side by side on this machine, joined by stream copy;
+* :mod:`~worker.render.smart`: whole GOPs copied from the source, the frames around the cuts encoded, and
+  :mod:`~worker.render.splice`, which writes one exactly timed track from both;
 * :mod:`~worker.render.parts`: the chunked strategy's three steps, which the queue runs on any worker;
 * :mod:`~worker.render.packets`: packet-level copy and checks (keyframes, pre-roll);
 * :mod:`~worker.render.result`: the result, and the check that a file holds its plan.
@@ -27,6 +29,7 @@ from worker.planner import Kind, Plan, Strategy
 from worker.render import faces, loudness
 from worker.render.chunked import render_chunked
 from worker.render.result import RenderResult
+from worker.render.smart import render_smart
 from worker.render.whole import command_for, render_whole
 from worker.settings import Settings
 
@@ -72,6 +75,18 @@ def render(
             plan = loudness.normalise(
                 plan, Path(work), ffmpeg_bin=settings.ffmpeg_path or None, cancel=cancel, deadline=deadline
             )
+    if strategy.kind is Kind.SMART and strategy.smart is not None and strategy.gops is not None:
+        return render_smart(
+            plan,
+            strategy.smart,
+            strategy.gops,
+            output,
+            settings=settings,
+            on_progress=on_progress,
+            cancel=cancel,
+            deadline=deadline,
+            on_encoder=on_encoder,
+        )
     if strategy.kind is Kind.CHUNKED and strategy.chunks is not None:
         return render_chunked(
             plan,
@@ -98,4 +113,4 @@ def render(
     )
 
 
-__all__ = ["RenderResult", "command_for", "render", "render_chunked", "render_whole"]
+__all__ = ["RenderResult", "command_for", "render", "render_chunked", "render_smart", "render_whole"]

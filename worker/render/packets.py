@@ -62,3 +62,38 @@ def drop_preroll(encoded: Path, piece: Path, chunk: Chunk, rate: Fraction, muxer
             dst.mux(packet)
     if not started:
         raise EncodeError(f"chunk {chunk.index} has no keyframe after its pre-roll; it cannot be joined")
+
+
+def check_uniform(path: Path, rate: Fraction) -> None:
+    """The first video track's timing is exact: presentation times are frames 0..N-1 at one frame duration
+    each, decode times strictly increase by that same duration (uniform ``stts``), and no frame is decoded
+    after it is shown. The seams of a smart render are where this would break first."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            tb = Fraction(stream.time_base or 0)
+            times: list[tuple[int, int]] = []
+            for p in container.demux(stream):
+                if p.size and p.pts is not None and p.dts is not None:
+                    times.append((p.pts, p.dts))
+                elif p.size:
+                    raise EncodeError(f"{path.name}: a video packet has no presentation or decode time")
+    except (av.error.FFmpegError, IndexError) as exc:
+        raise SourceError(f"the render produced an unreadable file ({exc})", code=ErrorCode.ENCODE_FAILED) from exc
+    tick = 1 / rate / tb
+    problems = []
+    if not times:
+        problems.append("no video packets")
+    else:
+        pts = sorted(p for p, _ in times)
+        if [Fraction(p - pts[0]) for p in pts] != [k * tick for k in range(len(pts))]:
+            problems.append("presentation times are not one frame apart")
+        steps = {b[1] - a[1] for a, b in zip(times, times[1:], strict=False)}
+        if steps and steps != {tick}:
+            problems.append(f"decode times step by {sorted(steps)} ticks, not {tick}")
+        if any(d > p for p, d in times):
+            problems.append("a frame is decoded after it is shown")
+    if problems:
+        raise EncodeError(f"{path.name}: " + "; ".join(problems))

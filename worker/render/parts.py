@@ -17,7 +17,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from worker import ffmpeg
-from worker.chunks import ChunkPlan, assembly_args, concat_list, piece_durations_us, piece_name
+from worker.chunks import Chunk, ChunkPlan, assembly_args, concat_list, piece_durations_us, piece_name
 from worker.errors import EncodeError, ErrorCode, SourceError
 from worker.graph import audio_ffmpeg_args, build_chunk_graph, build_graph, chunk_ffmpeg_args
 from worker.planner import Plan
@@ -68,7 +68,33 @@ def render_chunk(
     by a stream copy. The piece appears only when complete and checked: exactly the chunk's frames, the
     first one a keyframe (an IDR frame, so it joins by stream copy).
     """
-    chunk = chunks.chunks[index]
+    return encode_frames(
+        plan,
+        chunks.chunks[index],
+        output,
+        ffmpeg_bin=ffmpeg_bin,
+        on_progress=on_progress,
+        cancel=cancel,
+        deadline=deadline,
+    )
+
+
+def encode_frames(
+    plan: Plan,
+    chunk: Chunk,
+    output: str | os.PathLike[str],
+    *,
+    ffmpeg_bin: str | None = None,
+    on_progress: Callable[[float], None] | None = None,
+    cancel: threading.Event | None = None,
+    deadline: float | None = None,
+    encoder_args: Sequence[str] | None = None,
+) -> Path:
+    """Encode ``chunk``'s frames into the video piece ``output``: :func:`render_chunk`'s work, for any chunk
+    (a smart render's encoded segments are chunks with no pre-roll, worker/smart.py). ``encoder_args``
+    replaces the chunk encoder options (:func:`worker.graph.chunk_ffmpeg_args`)."""
+    index = chunk.index
+    rate = plan.timeline.rate
     preset = plan.preset
     piece = piece_preset(preset)
     out_path = Path(output)
@@ -87,19 +113,20 @@ def render_chunk(
         str(encoded),
         max_pixels=plan.limits.max_source_pixels,
         muxer=piece.muxer,
+        encoder_args=encoder_args,
     )
     try:
         ffmpeg.run(
             args,
             ffmpeg=ffmpeg_bin,
-            expected_duration_s=chunks.seconds(chunk.encoded),
+            expected_duration_s=float(chunk.encoded / rate),
             on_progress=on_progress,
             cancel=cancel,
             deadline=deadline,
             decoders=(plan.info.video.codec,) if plan.info.video is not None else (),
         )
         if chunk.preroll:
-            drop_preroll(encoded, partial, chunk, chunks.rate, piece.muxer)
+            drop_preroll(encoded, partial, chunk, rate, piece.muxer)
         frames, first_key = frames_and_first_key(partial)
         if frames != chunk.frames:
             raise SourceError(

@@ -31,15 +31,28 @@ class RenderResult:
     notes: tuple[str, ...] = ()
     #: Loudness normalisation: target, mode (linear, limited, unchanged), gain, the kept audio before and after.
     loudness: dict[str, Any] | None = None
+    #: Video frames copied from the source packet for packet (smart render), and frames encoded: they add up to
+    #: the output's frames (both 0 for an audio-only output).
+    copied_frames: int = 0
+    encoded_frames: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 def result_of(
-    plan: Plan, preset: Preset, out_path: Path, started: float, fallback: str | None, notes: tuple[str, ...] = ()
+    plan: Plan,
+    preset: Preset,
+    out_path: Path,
+    started: float,
+    fallback: str | None,
+    notes: tuple[str, ...] = (),
+    *,
+    copied: int = 0,
 ) -> RenderResult:
-    """What a finished render (any strategy) reports about the file now at ``out_path``."""
+    """What a finished render (any strategy) reports about the file now at ``out_path``; ``copied``: the video
+    frames a smart render copied."""
+    frames = plan.timeline.total_units if preset.has_video else 0
     return RenderResult(
         path=str(out_path),
         format=plan.spec.format,
@@ -56,6 +69,8 @@ def result_of(
         nvenc_fallback=fallback,
         notes=notes,
         loudness=plan.loudness_report(),
+        copied_frames=copied,
+        encoded_frames=frames - copied,
     )
 
 
