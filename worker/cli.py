@@ -83,9 +83,10 @@ def output_spec(
     ab: int | None,
     loudness: str | None = None,
     aspect: str | None = None,
+    smart: bool = True,
 ) -> OutputSpec:
     raw = {"format": fmt, "resolution": resolution, "video_bitrate": vb, "audio_bitrate": ab}
-    return OutputSpec.from_dict({**raw, "loudness": loudness, "aspect": aspect})
+    return OutputSpec.from_dict({**raw, "loudness": loudness, "aspect": aspect, "smart": smart})
 
 
 def output_options(func: Any) -> Any:
@@ -119,6 +120,13 @@ def output_options(func: Any) -> Any:
             default=None,
             help="Crop the picture to this aspect (mp4, mov), centred; --resolution then sets the shorter edge, "
             "scaling up if it must (default: the source's picture).",
+        ),
+        click.option(
+            "--smart/--no-smart",
+            default=True,
+            show_default=True,
+            help="Copy the source's whole GOPs where its video can go out unchanged, encoding only around the "
+            "cuts; --no-smart re-encodes every frame.",
         ),
     ]
     for opt in reversed(opts):
@@ -272,6 +280,7 @@ def render(
     audio_bitrate: str | None,
     loudness: str | None,
     aspect: str | None,
+    smart: bool,
     output: Path,
     force: bool,
     nvenc: str | None,
@@ -294,7 +303,7 @@ def render(
         check_output_path(source, output, force)
         ffmpeg.check_binary(settings.ffmpeg_path or None)  # an old one would fail the encode, less clearly
         segments = load_plan(cut, settings.max_segments)
-        spec = output_spec(fmt, resolution, _int(video_bitrate), _int(audio_bitrate), loudness, aspect)
+        spec = output_spec(fmt, resolution, _int(video_bitrate), _int(audio_bitrate), loudness, aspect, smart)
         with cancel_on_signals() as (cancel, got), _Progress(not quiet) as progress:
             try:
                 # The planner decides whether the render really splits (worker/planner.py, strategy_for).
@@ -352,21 +361,31 @@ def graph(
     audio_bitrate: str | None,
     loudness: str | None,
     aspect: str | None,
+    smart: bool,
     output: Path,
     variant: str,
 ) -> None:
     """Print the exact ffmpeg command and filter graph, without running them."""
     from worker import ffmpeg
-    from worker.planner import Limits, plan_render
+    from worker.planner import Limits, plan_render, strategy_for
     from worker.render import command_for
 
     settings = Settings.from_env()
     try:
         segments = load_plan(cut, settings.max_segments)
-        spec = output_spec(fmt, resolution, _int(video_bitrate), _int(audio_bitrate), loudness, aspect)
+        spec = output_spec(fmt, resolution, _int(video_bitrate), _int(audio_bitrate), loudness, aspect, smart)
         plan = plan_render(source, segments, spec, limits=Limits.from_settings(settings))
+        strategy = strategy_for(plan, settings, split=False)
     except RenderError as err:
         fail(err)
+    if strategy.smart is not None:
+        s = strategy.smart
+        click.echo(
+            f"# smart render: {s.copied} frames copied from the source, {s.encoded} encoded in "
+            f"{len(s.encodes)} segments with this command's settings (and the source's profile and level)"
+        )
+    elif strategy.not_smart is not None:
+        click.echo(f"# every frame is encoded (not smart: {strategy.not_smart})")
     preset = presets_mod.load_preset(fmt, variant)
     graph_file = "graph.txt"
     argv = [ffmpeg.resolve_ffmpeg(settings.ffmpeg_path or None)]
@@ -469,6 +488,7 @@ def enqueue(
     audio_bitrate: str | None,
     loudness: str | None,
     aspect: str | None,
+    smart: bool,
     asset_id: str | None,
     cut_id: str | None,
     webhook_url: str | None,
@@ -504,6 +524,7 @@ def enqueue(
                 "audio_bitrate": _int(audio_bitrate),
                 **({"loudness": loudness} if loudness is not None else {}),
                 **({"aspect": aspect} if aspect is not None else {}),
+                **({} if smart else {"smart": False}),
             },
             "webhook": None,
         }

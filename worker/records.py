@@ -70,6 +70,7 @@ PUBLIC_FIELDS = (
     "encoder",
     "attempts",
     "loudness",
+    "frames",
 )
 _INT_FIELDS = {"size_bytes", "attempts"}
 _FLOAT_FIELDS = {"duration_s", "progress"}
@@ -132,7 +133,7 @@ def decode_record(raw: Mapping[str, str]) -> dict[str, Any]:
             value = int(value)
         elif field in _FLOAT_FIELDS:
             value = float(value)
-        elif field in ("output", "loudness"):
+        elif field in ("output", "loudness", "frames"):
             value = json.loads(value)
         out[field] = value
     out["output_key"] = raw.get("output_key") or None

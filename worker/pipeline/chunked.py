@@ -64,6 +64,7 @@ from worker.presets import load_preset
 from worker.reframe import Knot
 from worker.render import faces, parts
 from worker.render import loudness as render_loudness
+from worker.render.result import frames_report
 from worker.scratch import Scratch
 from worker.settings import Settings
 
@@ -472,12 +473,14 @@ def _assemble_part(
         "download_name": download_name(job),
         "chunks": count,
         "loudness": report,
+        "frames": frames_report(0, plan.timeline.total_units),  # every chunk encodes its frames
     }
 
     def finished() -> None:
         wall = time.monotonic() - started
         fmt = job.output.format
         deps.observer.finished("completed", fmt, preset.encoder, wall, plan.timeline.duration, plan.info.duration)
+        deps.observer.frames(fmt, 0, plan.timeline.total_units)
         delete_pieces(deps, job, count)
 
     def cancelled() -> Outcome:

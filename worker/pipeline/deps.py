@@ -48,6 +48,9 @@ class Observer:
 
     def uploaded(self, size: int, seconds: float) -> None: ...
 
+    def frames(self, fmt: str, copied: int, encoded: int) -> None:
+        """A completed video render's frames: ``copied`` from the source (smart render), ``encoded``."""
+
 
 @dataclasses.dataclass
 class Deps:

@@ -52,6 +52,7 @@ from worker.pipeline.outputs import (
 from worker.pipeline.sources import fetch_source, forget_source
 from worker.presets import load_preset
 from worker.render import RenderResult, faces
+from worker.render.result import frames_report
 from worker.scratch import Scratch
 
 log = logging.getLogger(__name__)
@@ -169,11 +170,13 @@ def process(
         "output_key": job_output_key(settings, job),
         "download_name": download_name(job),
         "loudness": result.loudness,
+        "frames": frames_report(result.copied_frames, result.encoded_frames),
     }
 
     def finished() -> None:
         wall = time.monotonic() - wall_started
         deps.observer.finished("completed", fmt, result.encoder, wall, result.duration_s, result.source_duration_s)
+        deps.observer.frames(fmt, result.copied_frames, result.encoded_frames)
 
     # A cancel that won the race with this completion after the upload: the cancel is what the record says, so
     # the object it would have pointed at goes again.

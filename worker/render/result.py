@@ -40,6 +40,11 @@ class RenderResult:
         return dataclasses.asdict(self)
 
 
+def frames_report(copied: int, encoded: int) -> dict[str, int] | None:
+    """The record's ``frames``: how many of the output's video frames were copied and encoded (None: no video)."""
+    return {"copied": copied, "encoded": encoded} if copied or encoded else None
+
+
 def result_of(
     plan: Plan,
     preset: Preset,

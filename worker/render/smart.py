@@ -125,8 +125,9 @@ def render_smart(
             else Part(str(names[seg.index]), 0, 0, seg.frames)
             for seg in smart.segments
         ]
-        joined = work / f"video.{parts.piece_preset(plan.preset).extension}"
-        join_video(track, joined, rate=smart.rate, muxer=parts.piece_preset(plan.preset).muxer)
+        piece = parts.piece_preset(plan.preset)
+        joined = work / f"video.{piece.extension}"
+        join_video(track, joined, rate=smart.rate, muxer=piece.muxer, cancel=cancel, deadline=deadline)
         preset = plan.preset
         partial = ffmpeg.temp_output_path(out_path, "." + preset.extension)
         try:

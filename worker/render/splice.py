@@ -21,12 +21,14 @@ switching mid-track) would be exact too, but fewer players follow a sample-descr
 from __future__ import annotations
 
 import dataclasses
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from worker.errors import EncodeError, ErrorCode, SourceError
+from worker.errors import Cancelled, EncodeError, ErrorCode, RenderTimeout, SourceError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,17 +91,34 @@ def _delay(frames: Sequence[int]) -> int:
     return max((j - p for j, p in enumerate(frames)), default=0)
 
 
-def join_video(parts: Sequence[Part], output: str | Path, *, rate: Fraction, muxer: str) -> int:
+def join_video(
+    parts: Sequence[Part],
+    output: str | Path,
+    *,
+    rate: Fraction,
+    muxer: str,
+    cancel: threading.Event | None = None,
+    deadline: float | None = None,
+) -> int:
     """Write ``parts``, in order, as one video track of ``output``; returns the frames written.
 
     A first pass reads each part's packet order (a demux, nothing decoded) to find the reorder delay; the
     second writes. Each part must yield exactly its frames, or nothing is trusted: :class:`EncodeError`.
+    An hour of copied video is gigabytes read and written: ``cancel`` and ``deadline`` are honoured between
+    packets, as an ffmpeg run honours them.
     """
     import av
+
+    def checked() -> None:
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("the render was cancelled")
+        if deadline is not None and time.monotonic() > deadline:
+            raise RenderTimeout("the render ran past its time limit")
 
     timescale, tick = _timescale(rate)
     orders: list[list[int]] = []
     for part in parts:
+        checked()
         order = [frame - part.first for frame, _ in _frames(part, rate)]
         if sorted(order) != list(range(part.frames)):
             raise EncodeError(
@@ -129,6 +148,8 @@ def join_video(parts: Sequence[Part], output: str | Path, *, rate: Fraction, mux
                     out.is_keyframe = packet.is_keyframe
                     dst.mux(out)
                     written += 1
+                    if written % 256 == 0:
+                        checked()
                 base += part.frames
     except av.error.FFmpegError as exc:
         raise SourceError(

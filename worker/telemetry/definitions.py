@@ -38,6 +38,7 @@ OTHER_FORMAT = "other"  # a job rejected before its format was validated
 ENCODERS = ("cpu", "nvenc", "none")  # "none": the job ended before an encoder was chosen
 WEBHOOK_OUTCOMES = ("delivered", "retry", "gave_up")
 QUEUE_STATES = ("ready", "delayed", "dead")
+FRAME_ORIGINS = ("copied", "encoded")  # render_video_frames_total's "how"
 
 # Renders run from seconds to RENDER_TIME_LIMIT_S (4 h by default), so the finite buckets reach 4 h; a render that
 # ran longer (the limit raised) still lands in +Inf. tests/test_metrics_static.py ties the top bucket to the
@@ -93,6 +94,13 @@ class RenderMetrics:
             "Renders being worked on right now, by encoder.",
             ("encoder",),
             multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.video_frames = Counter(
+            "render_video_frames_total",
+            "Video frames of completed renders, by format and how they were made: copied from the source packet "
+            "for packet (smart render) or encoded.",
+            ("format", "how"),
             registry=r,
         )
         self.source_seconds = Counter(
@@ -258,6 +266,13 @@ class RenderMetrics:
                 self.realtime_factor.labels(format=fmt, encoder=encoder).observe(output_s / duration_s)
         if source_s > 0:
             self.source_seconds.labels(format=fmt).inc(source_s)
+
+    def observe_frames(self, format: str, copied: int, encoded: int) -> None:
+        """Count a completed video render's frames, copied and encoded (both series exist from the first render
+        on, so a dashboard's share of copied frames has data even where nothing qualifies for a copy)."""
+        fmt = format if format in FORMATS else OTHER_FORMAT
+        for how, n in zip(FRAME_ORIGINS, (copied, encoded), strict=True):
+            self.video_frames.labels(format=fmt, how=how).inc(max(0, n))
 
     def observe_failure(self, code: ErrorCode | str) -> None:
         """Count one failed render by its error code (call once per job that ends ``failed``)."""

@@ -58,6 +58,9 @@ class PipelineObserver(_ObserverBase):
     def uploaded(self, size: int, seconds: float) -> None:
         observe_upload(size, seconds)
 
+    def frames(self, fmt: str, copied: int, encoded: int) -> None:
+        get_metrics().observe_frames(fmt, copied, encoded)
+
     def nvenc(self, available: bool) -> None:
         set_nvenc_available(available)
 
