@@ -283,9 +283,11 @@ class Farm:
         *,
         segments: list[tuple[float, float]] | None = None,
         webhook: WebhookReceiver | None = None,
+        smart: bool = True,
     ) -> str:
-        """``render-cli enqueue``; returns the render id it prints (alone on stdout)."""
-        args = [uri, "--format", fmt]
+        """``render-cli enqueue``; returns the render id it prints (alone on stdout). ``smart=False``: every frame
+        encoded (``--no-smart``), for a test that needs a render to spend its time in ffmpeg."""
+        args = [uri, "--format", fmt, *(() if smart else ("--no-smart",))]
         if segments is not None:
             plan = self.root / f"plan-{uuid.uuid4().hex[:8]}.json"
             plan.write_text(json.dumps({"segments": [{"start": a, "end": b} for a, b in segments]}))
@@ -305,6 +307,7 @@ class Farm:
         segments: list[tuple[float, float]] | None = None,
         webhook: WebhookReceiver | None = None,
         render_id: str | None = None,
+        smart: bool = True,
     ) -> dict[str, Any]:
         """A job message as the API would send it (for tests that bypass ``render-cli enqueue``)."""
         rid = render_id or f"rnd_{uuid.uuid4().hex}"
@@ -315,7 +318,13 @@ class Farm:
             "cut_id": None if segments is None else "cut_" + rid[4:],
             "source": {"uri": uri},
             "segments": None if segments is None else [{"start": a, "end": b} for a, b in segments],
-            "output": {"format": fmt, "resolution": None, "video_bitrate": None, "audio_bitrate": None},
+            "output": {
+                "format": fmt,
+                "resolution": None,
+                "video_bitrate": None,
+                "audio_bitrate": None,
+                **({} if smart else {"smart": False}),
+            },
             "webhook": None if webhook is None else {"url": webhook.url, "secret": SECRET},
         }
 

@@ -271,7 +271,7 @@ def test_farm_a_processing_render_cancelled_mid_encode(
     rig: Farm, media: dict[str, Path], webhook_receiver: WebhookReceiver
 ) -> None:
     worker = rig.start_worker()
-    rid = rig.enqueue(rig.upload(media["cfr30"]), "mp4", segments=WHOLE, webhook=webhook_receiver)
+    rid = rig.enqueue(rig.upload(media["cfr30"]), "mp4", segments=WHOLE, smart=False, webhook=webhook_receiver)
     encoders = encoding(rig, worker, rid)
     asked = time.monotonic()
     res = rig.records.cancel(rid, "wrong cut")  # the package call the API makes
@@ -336,7 +336,7 @@ def test_farm_cancel_racing_with_completion_ends_once(
 ) -> None:
     """The cancel is sent as the render reaches its end: whichever wins, one terminal state and its one event."""
     worker = rig.start_worker()
-    rid = rig.enqueue(rig.upload(media["cfr30"]), "mp4", segments=[(5.0, 25.0)], webhook=webhook_receiver)
+    rid = rig.enqueue(rig.upload(media["cfr30"]), "mp4", segments=[(5.0, 25.0)], smart=False, webhook=webhook_receiver)
     rig.wait_record(rid, lambda r: r["progress"] >= 0.95 or r["state"] != "processing", timeout_s=120)
     res = rig.records.cancel(rid, "race")
     events = settled(rig, webhook_receiver, rid)
@@ -355,7 +355,7 @@ def test_farm_kill_9_after_a_cancel_still_ends_cancelled(
 ) -> None:
     """The worker dies (nothing cleans up), the cancel lands; the redelivery ~75 s later only acks and tells."""
     first = rig.start_worker()
-    rid = rig.enqueue(rig.upload(media["cfr30"]), "mp4", segments=WHOLE, webhook=webhook_receiver)
+    rid = rig.enqueue(rig.upload(media["cfr30"]), "mp4", segments=WHOLE, smart=False, webhook=webhook_receiver)
     encoders = encoding(rig, first, rid)
     first.kill_group()
     wait_for(lambda: not any(alive(p) for p in encoders), 5, "the orphaned ffmpeg to die")
@@ -398,10 +398,10 @@ def test_farm_cancels_are_counted_once_and_never_as_failures(
         assert ("render_jobs_total" in before) and value(before, "render_jobs_total", outcome="cancelled") == 0
         assert any(lab.get("outcome") == "cancelled" for lab, _ in before["render_jobs_total"])
         uri = f.upload(media["cfr30"])
-        running = f.enqueue(uri, "mp4", segments=WHOLE)
+        running = f.enqueue(uri, "mp4", segments=WHOLE, smart=False)
         encoding(f, worker, running)
         assert f.records.cancel(running, "mid-encode").changed
-        queued = f.enqueue(uri, "mp4", segments=WHOLE)
+        queued = f.enqueue(uri, "mp4", segments=WHOLE, smart=False)
         assert f.records.cancel(queued, "queued").changed  # whether or not a worker fetched it already
         wait_for(lambda: f.pending() == 0, 30, "both jobs to be acknowledged")
 

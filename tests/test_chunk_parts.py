@@ -97,7 +97,8 @@ def job(render_id: str = "rnd_1") -> dict[str, Any]:
         "cut_id": "cut_1",
         "source": {"uri": SOURCE},
         "segments": CUT,
-        "output": {"format": "mp4", "resolution": None, "video_bitrate": None, "audio_bitrate": None},
+        # Every frame encoded: these tests are about the chunk protocol (cfr30's GOPs would be copied whole).
+        "output": {"format": "mp4", "resolution": None, "video_bitrate": None, "audio_bitrate": None, "smart": False},
         "webhook": HOOK,
     }
 

@@ -175,7 +175,7 @@ def test_concat_is_allowed_only_for_the_workers_own_pieces() -> None:
 
 def test_chunk_command_seeks_each_run_and_keeps_the_input_hardening(media) -> None:
     segs = [Segment(1.0, 5.0), Segment(40.0, 44.0), Segment(100.0, 130.0)]
-    plan = plan_render(media["cfr30"], segs, OutputSpec("mp4"))
+    plan = plan_render(media["cfr30"], segs, OutputSpec("mp4", smart=False))
     cplan = chunk_plan_for(plan, count=2)
     preset = load_preset("mp4", "cpu")
     chunk = cplan.chunks[0]  # 0..19 s of output: 1-5, 40-44 and the start of 100-130
@@ -253,7 +253,7 @@ def _audio_packets(path: Path) -> list[tuple[int, int, bytes]]:
 def test_chunked_render_is_exact(media, tmp_path, n_chunks: int) -> None:
     segs = _spread(20, 200.0, seed=11 * n_chunks)
     out = tmp_path / "out.mp4"
-    result = render(media["cfr30"], segs, OutputSpec("mp4"), out, chunks=n_chunks)
+    result = render(media["cfr30"], segs, OutputSpec("mp4", smart=False), out, chunks=n_chunks)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]  # no pieces, lists or partials left
     exp = oracle.expected([(s.start, s.end) for s in segs], rate=Fraction(30), origin=Fraction(0), first=0, end=6000)
     assert abs(result.duration_s - exp.total / 30) < 1e-9
@@ -285,7 +285,7 @@ def test_chunked_render_is_exact(media, tmp_path, n_chunks: int) -> None:
         assert nxt == pts + dur
 
     # every join starts with a keyframe (the piece's IDR frame): the first packet of each chunk's range
-    plan = plan_render(media["cfr30"], segs, OutputSpec("mp4"))
+    plan = plan_render(media["cfr30"], segs, OutputSpec("mp4", smart=False))
     joins = [c.start for c in chunk_plan_for(plan, count=n_chunks).chunks]
     keys = {pts for pts, key in _video_packets(out) if key}
     assert set(joins) <= keys, f"joins without a keyframe: {sorted(set(joins) - keys)}"
@@ -297,8 +297,8 @@ def test_chunked_audio_is_the_whole_renders_audio(media, tmp_path) -> None:
     """Audio is rendered once, whole: the chunked file's AAC is the unchunked render's, packet for packet."""
     segs = _spread(12, 20.0, seed=5)
     whole, chunked = tmp_path / "whole.mp4", tmp_path / "chunked.mp4"
-    render(media["cfr2997"], segs, OutputSpec("mp4"), whole)
-    render(media["cfr2997"], segs, OutputSpec("mov"), chunked.with_suffix(".mov"), chunks=3)
+    render(media["cfr2997"], segs, OutputSpec("mp4", smart=False), whole)
+    render(media["cfr2997"], segs, OutputSpec("mov", smart=False), chunked.with_suffix(".mov"), chunks=3)
     assert _audio_packets(whole) == _audio_packets(chunked.with_suffix(".mov"))
     assert [i for _, i in mc.frame_indices(whole)] == [i for _, i in mc.frame_indices(chunked.with_suffix(".mov"))]
 
@@ -316,8 +316,8 @@ def test_chunked_audio_is_the_whole_renders_audio(media, tmp_path) -> None:
 )
 def test_chunked_equals_whole_on_awkward_sources(media, tmp_path, name: str, segs) -> None:
     whole, chunked = tmp_path / "whole.mp4", tmp_path / "chunked.mp4"
-    render(media[name], segs, OutputSpec("mp4"), whole)
-    render(media[name], segs, OutputSpec("mp4"), chunked, chunks=3)
+    render(media[name], segs, OutputSpec("mp4", smart=False), whole)
+    render(media[name], segs, OutputSpec("mp4", smart=False), chunked, chunks=3)
     want = [i for _, i in mc.frame_indices(whole)]
     assert None not in want and len(want) > 90
     assert [i for _, i in mc.frame_indices(chunked)] == want
@@ -345,7 +345,7 @@ def test_cancel_stops_every_chunk_and_leaves_nothing(media, tmp_path) -> None:
         render(
             media["cfr30"],
             None,
-            OutputSpec("mp4"),
+            OutputSpec("mp4", smart=False),
             out,
             chunks=3,
             settings=Settings(work_dir=str(work)),
@@ -366,7 +366,7 @@ def test_a_failed_chunk_fails_the_render_and_stops_the_rest(media, tmp_path, mon
 
     monkeypatch.setattr(parts, "render_chunk", flaky)
     with pytest.raises(EncodeError, match="chunk 1 broke"):
-        render(media["cfr30"], [Segment(0, 20)], OutputSpec("mp4"), tmp_path / "o.mp4", chunks=3)
+        render(media["cfr30"], [Segment(0, 20)], OutputSpec("mp4", smart=False), tmp_path / "o.mp4", chunks=3)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -374,12 +374,12 @@ def test_assembly_refuses_a_missing_frame(media, tmp_path) -> None:
     """The assembled file is checked against the plan: a piece short of a frame fails the render."""
 
     segs = [Segment(0, 10)]
-    plan = plan_render(media["cfr30"], segs, OutputSpec("mp4"))
+    plan = plan_render(media["cfr30"], segs, OutputSpec("mp4", smart=False))
     cplan = chunk_plan_for(plan, count=2)
     pieces = [parts.render_chunk(plan, cplan, k, tmp_path / ch.piece_name(k, "mp4")) for k in range(2)]
     audio = parts.render_audio(plan, tmp_path / "audio.m4a")
     # a second plan, one frame longer than the pieces hold
-    longer = plan_render(media["cfr30"], [Segment(0, 10 + 1 / 30)], OutputSpec("mp4"))
+    longer = plan_render(media["cfr30"], [Segment(0, 10 + 1 / 30)], OutputSpec("mp4", smart=False))
     with pytest.raises(EncodeError, match="300 of 301 frames"):
         parts.assemble(longer, cplan, pieces, audio, tmp_path / "out.mp4")
     assert not (tmp_path / "out.mp4").exists()
@@ -421,7 +421,18 @@ def test_cli_sigterm_mid_chunked_render_cleans_up(media, tmp_path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RENDER_")}
     env.update({"RENDER_WORK_DIR": str(work), "RENDER_NVENC": "off"})
     proc = subprocess.Popen(
-        [exe, "render", str(media["cfr30"]), "--format", "mp4", "--chunks", "3", "-o", str(out_dir / "t.mp4")],
+        [
+            exe,
+            "render",
+            str(media["cfr30"]),
+            "--format",
+            "mp4",
+            "--no-smart",
+            "--chunks",
+            "3",
+            "-o",
+            str(out_dir / "t.mp4"),
+        ],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -82,7 +82,7 @@ def test_two_workers_share_the_chunks_and_the_output_is_exact(
     rig: Farm, media: dict[str, Path], webhook_receiver: WebhookReceiver, tmp_path: Path
 ) -> None:
     workers = [rig.start_worker(), rig.start_worker()]
-    rid = rig.enqueue(rig.upload(media["cfr30"]), "mp4", segments=CUT, webhook=webhook_receiver)
+    rid = rig.enqueue(rig.upload(media["cfr30"]), "mp4", segments=CUT, webhook=webhook_receiver, smart=False)
     rec = rig.wait_record(rid, timeout_s=240)
     assert rec["state"] == "completed", rec
     assert rec["progress"] == 1
@@ -106,7 +106,7 @@ def test_kill_9_mid_chunk_loses_only_that_chunk(
     rig: Farm, media: dict[str, Path], webhook_receiver: WebhookReceiver, tmp_path: Path
 ) -> None:
     first = rig.start_worker()
-    rid = rig.enqueue(rig.upload(media["cfr30"]), "mp4", segments=CUT, webhook=webhook_receiver)
+    rid = rig.enqueue(rig.upload(media["cfr30"]), "mp4", segments=CUT, webhook=webhook_receiver, smart=False)
     # Let the first worker store one chunk and start the next, then kill it outright mid-chunk.
     wait_for(lambda: len(rendered_by(first.log(), rid)) >= 2, 120, "a second chunk to start", interval_s=0.02)
     first.kill_group()
@@ -137,7 +137,7 @@ def test_a_permanent_failure_in_one_chunk_fails_the_render_once(
     truncated = tmp_path / "truncated.mp4"
     truncated.write_bytes(data[: len(data) // 2])
     workers = [rig.start_worker(), rig.start_worker()]
-    rid = rig.enqueue(rig.upload(truncated), "mp4", segments=CUT, webhook=webhook_receiver)
+    rid = rig.enqueue(rig.upload(truncated), "mp4", segments=CUT, webhook=webhook_receiver, smart=False)
     rec = rig.wait_record(rid, timeout_s=240)
     assert rec["state"] == "failed", rec
     assert rec["error_code"] == "source_unreadable", rec
@@ -153,7 +153,7 @@ def test_the_time_limit_bounds_the_chunked_render_as_a_whole(
 ) -> None:
     # One worker and a limit of a few seconds: each part runs well inside it, the render's seven do not.
     worker = rig.start_worker(time_limit_s=TIME_LIMIT_S)
-    rid = rig.enqueue(rig.upload(media["cfr30"]), "mp4", segments=CUT, webhook=webhook_receiver)
+    rid = rig.enqueue(rig.upload(media["cfr30"]), "mp4", segments=CUT, webhook=webhook_receiver, smart=False)
     rec = rig.wait_record(rid, timeout_s=120)
     assert (rec["state"], rec["error_code"]) == ("failed", "timeout"), rec
     log = worker.log()
@@ -168,7 +168,7 @@ def test_cancel_stops_every_chunk_and_deletes_the_pieces(
     rig: Farm, media: dict[str, Path], webhook_receiver: WebhookReceiver
 ) -> None:
     workers = [rig.start_worker(), rig.start_worker()]
-    rid = rig.enqueue(rig.upload(media["cfr30"]), "mp4", segments=CUT, webhook=webhook_receiver)
+    rid = rig.enqueue(rig.upload(media["cfr30"]), "mp4", segments=CUT, webhook=webhook_receiver, smart=False)
     rig.wait_record(rid, lambda r: r["state"] == "processing" and r["progress"] > 0, timeout_s=60)
     res = rig.records.cancel(rid, "stop it")
     assert res.status == "cancelled"
@@ -191,7 +191,7 @@ def test_duplicate_chunk_deliveries_do_nothing_and_count_once(
     duplicates sit in the queue right behind the original, as a redelivery could put them, and the last two
     chunks come late.
     """
-    msg = rig.message(rig.upload(media["cfr30"]), "mp4", segments=CUT, webhook=webhook_receiver)
+    msg = rig.message(rig.upload(media["cfr30"]), "mp4", segments=CUT, webhook=webhook_receiver, smart=False)
     rid = msg["render_id"]
     assert rig.records.start(rid, "coordinator", 3, {"asset_id": msg["asset_id"], "output": msg["output"]})
 
@@ -224,7 +224,7 @@ def test_a_chunk_making_no_progress_is_stopped_and_retried(
 ) -> None:
     """A chunk's ffmpeg frozen (SIGSTOP) for the lease time is killed and its chunk retried; the render completes."""
     worker = rig.start_worker()
-    rid = rig.enqueue(rig.upload(media["cfr30"]), "mp4", segments=CUT, webhook=webhook_receiver)
+    rid = rig.enqueue(rig.upload(media["cfr30"]), "mp4", segments=CUT, webhook=webhook_receiver, smart=False)
     wait_for(lambda: rendered_by(worker.log(), rid), 60, "a chunk to start", interval_s=0.01)
     frozen = wait_for(
         lambda: [p for pid in worker.worker_pids() for p in ffmpeg_children(pid)], 30, "ffmpeg", interval_s=0.005
@@ -247,7 +247,7 @@ def test_sigterm_mid_chunk_puts_the_chunk_back_and_another_worker_finishes(
     rig: Farm, media: dict[str, Path], webhook_receiver: WebhookReceiver, tmp_path: Path
 ) -> None:
     first = rig.start_worker(shutdown_timeout_s=0.2)
-    rid = rig.enqueue(rig.upload(media["cfr30"]), "mp4", segments=CUT, webhook=webhook_receiver)
+    rid = rig.enqueue(rig.upload(media["cfr30"]), "mp4", segments=CUT, webhook=webhook_receiver, smart=False)
     wait_for(lambda: len(rendered_by(first.log(), rid)) >= 2, 120, "a second chunk to start", interval_s=0.01)
     # A chunk here encodes in half a second: its ffmpeg is frozen so that the shutdown surely finds it running.
     frozen = wait_for(

@@ -64,6 +64,7 @@ def test_every_variant_is_generated_with_its_documented_name(media):
         "vfr_jitter": "vfr_jitter.mkv", "offset_mkv": "offset_mkv.mkv",
         "late_audio": "late_audio.mp4", "audio_tail": "audio_tail.mp4", "long2997": "long2997.mp4", "hlg": "hlg.mp4",
         "pq": "pq.mp4", "bt601": "bt601.mp4",
+        "cam_gop1s": "cam_gop1s.mp4", "cam_gop2s_open": "cam_gop2s_open.mp4", "phone_2997": "phone_2997.mov",
     }  # fmt: skip
     assert {n: p.name for n, p in media.items()} == expected
 

@@ -50,7 +50,7 @@ def test_a_worker_at_boot_removes_the_scratch_of_a_killed_worker_never_a_live_on
     # A live process's scratch (this test process's), which must survive every clean-up.
     live = scratch.temp_dir("render", work)
     first = rig.start_worker()
-    rid = rig.enqueue(rig.upload(media["cfr30"]), "mp4", segments=LONG_CUT)
+    rid = rig.enqueue(rig.upload(media["cfr30"]), "mp4", segments=LONG_CUT, smart=False)
     rig.wait_record(rid, lambda r: r["state"] == "processing" and r["progress"] > 0, timeout_s=30)
     wait_for(lambda: any(ffmpeg_children(p) for p in first.worker_pids()), 10, "ffmpeg to run")
     left = _scratch(rig)
@@ -171,7 +171,7 @@ def test_a_disk_that_fills_up_during_a_render_is_retried_and_nothing_is_lost(
     # Retries that find the disk still full decline at once; enough of them, on the default backoff, to outlast
     # the ballast.
     rig.start_worker(max_retries=20)
-    rid = rig.enqueue(rig.upload(media["cfr30"]), "mp4", segments=LONG_CUT, webhook=webhook_receiver)
+    rid = rig.enqueue(rig.upload(media["cfr30"]), "mp4", segments=LONG_CUT, smart=False, webhook=webhook_receiver)
     rig.wait_record(rid, lambda r: r["state"] == "processing" and r["progress"] > 0, timeout_s=30)
     ballast = fill(disk)  # another tenant of the host's disk took the rest
     released = rig.wait_record(rid, lambda r: "disk_full" in (r["error_message"] or ""), timeout_s=60)

@@ -137,9 +137,14 @@ def test_ignored_decoders_never_run(app_media, tmp_path, monkeypatch):
         return real_run(args, **kw)
 
     monkeypatch.setattr(worker.ffmpeg, "run", spy)
-    render(app_media["video_cover"], None, OutputSpec("mp4"), tmp_path / "o.mp4", settings=CPU)
+    render(app_media["video_cover"], None, OutputSpec("mp4", smart=False), tmp_path / "o.mp4", settings=CPU)
     (argv,) = seen
     assert argv[argv.index("-codec_whitelist") + 1] == "h264,aac"
+    # A smart render's ffmpeg runs (its audio, its encoded frames, the join) are held to the same decoders.
+    seen.clear()
+    render(app_media["video_cover"], None, OutputSpec("mp4"), tmp_path / "s.mp4", settings=CPU)
+    allowed = [set(a[a.index("-codec_whitelist") + 1].split(",")) for a in seen if "-codec_whitelist" in a]
+    assert len(seen) >= 2 and allowed and all(names <= {"h264", "aac"} for names in allowed), seen
 
 
 # --- 2. cover art --------------------------------------------------------------------------------------------------

@@ -44,6 +44,8 @@ LAYERS: dict[str, int] = {
     "worker.output": 2,
     "worker.encoding": 2,
     "worker.graph": 2,
+    "worker.gops": 2,
+    "worker.smart": 2,
     "worker.cover": 2,
     "worker.encoders": 2,
     # 3: the planner
@@ -52,6 +54,8 @@ LAYERS: dict[str, int] = {
     "worker.render": 4,
     "worker.render.result": 4,
     "worker.render.packets": 4,
+    "worker.render.smart": 4,
+    "worker.render.splice": 4,
     "worker.render.whole": 4,
     "worker.render.parts": 4,
     "worker.render.chunked": 4,

@@ -175,7 +175,7 @@ def test_the_encoder_label_and_the_record_agree(redis_server, s3_server, media, 
         for rid in (missing, corrupt):
             rec = f.wait_record(rid, timeout_s=60)
             assert rec["state"] == "failed" and rec["encoder"] is None, rec
-        long = f.enqueue(f.upload(media["cfr30"]), "mp4", segments=[(5.0, 25.0), (40.0, 60.0)])
+        long = f.enqueue(f.upload(media["cfr30"]), "mp4", segments=[(5.0, 25.0), (40.0, 60.0)], smart=False)
         f.wait_record(long, lambda r: r["state"] == "processing" and r["progress"] > 0, timeout_s=60)
         during = scrape(port)
         assert value(during, "render_jobs_in_progress", encoder="cpu") == 1

@@ -62,6 +62,7 @@ m = metrics.get_metrics()
 metrics.observe_job("failed", "mov", "none", 0.5)
 metrics.observe_failure("encode_failed")
 metrics.observe_upload(1_000_000, 2.5)
+metrics.observe_frames("mp4", 900, 100)
 metrics.observe_webhook("delivered")
 metrics.set_nvenc_available(True)
 m.set_queue_depths({"render": metrics.QueueDepth(ready=3, delayed=1, dead=2, oldest_age_s=42.0)})
@@ -85,6 +86,7 @@ EXPECTED_RENDER = {
     "render_jobs_in_progress": ("gauge", {"encoder"}),
     "render_source_seconds_total": ("counter", {"format"}),
     "render_output_seconds_total": ("counter", {"format"}),
+    "render_video_frames_total": ("counter", {"format", "how"}),
     "render_upload_bytes_total": ("counter", set()),
     "render_upload_duration_seconds": ("histogram", set()),
     "render_webhook_deliveries_total": ("counter", {"outcome"}),

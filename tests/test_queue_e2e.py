@@ -154,7 +154,7 @@ def test_duplicate_delivery_renders_once(rig: Farm, media: dict[str, Path], webh
     # lease, so the duplicate is asked to come back in seconds rather than 30 s.
     rig.start_worker(threads=2, lease_ttl_s=2)
     uri = rig.upload(media["cfr30"])
-    rid = rig.enqueue(uri, "mp4", segments=[(5.0, 25.0), (40.0, 60.0)], webhook=webhook_receiver)
+    rid = rig.enqueue(uri, "mp4", segments=[(5.0, 25.0), (40.0, 60.0)], webhook=webhook_receiver, smart=False)
     # The message exactly as render-cli sent it, read back from the broker.
     raw = wait_for(lambda: rig.redis.hvals(f"dramatiq:{rig.queue}.msgs"), 10, "the message")
     message = json.loads(raw[0])["args"][0]
@@ -234,7 +234,7 @@ def test_bad_input_fails_at_once_and_the_worker_keeps_serving(
 def test_a_busy_worker_does_not_hoard_queued_jobs(rig: Farm, media: dict[str, Path]) -> None:
     """A one-thread worker holds only the job it renders; the next waits in Redis for any idle worker."""
     uri = rig.upload(media["cfr30"])
-    first = rig.enqueue(uri, "mp4", segments=[(0.0, 100.0)])  # ~10 s of encoding on two cores
+    first = rig.enqueue(uri, "mp4", segments=[(0.0, 100.0)], smart=False)  # ~10 s of encoding on two cores
     second = rig.enqueue(uri, "m4a", segments=[(1.0, 2.0)])
     rig.start_worker()  # both are queued when it boots: it may take only one
     rig.wait_record(first, lambda r: r["state"] == "processing" and r["progress"] > 0, timeout_s=30)

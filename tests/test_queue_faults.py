@@ -83,7 +83,7 @@ def test_kill_9_mid_render_another_worker_completes_it_on_the_defaults(
 ) -> None:
     rig = default_rig
     first = rig.start_worker()
-    rid = rig.enqueue(rig.upload(media["cfr30"]), "mp4", segments=LONG_CUT, webhook=webhook_receiver)
+    rid = rig.enqueue(rig.upload(media["cfr30"]), "mp4", segments=LONG_CUT, smart=False, webhook=webhook_receiver)
     rendering(rig, rid)
     encoders = wait_for(lambda: ffmpeg_of(first), 10, "ffmpeg to run")
     first.kill_group()  # SIGKILL to the parent and the worker process at once: nothing gets to clean up
@@ -113,7 +113,7 @@ def test_kill_9_mid_render_another_worker_completes_it_on_the_defaults(
 
 def test_sigterm_lets_a_short_render_finish(rig: Farm, media: dict[str, Path]) -> None:
     worker = rig.start_worker(shutdown_timeout_s=60)
-    rid = rig.enqueue(rig.upload(media["cfr30"]), "mp4", segments=LONG_CUT)
+    rid = rig.enqueue(rig.upload(media["cfr30"]), "mp4", segments=LONG_CUT, smart=False)
     rendering(rig, rid)
     worker.signal(signal.SIGTERM)
     assert worker.proc.wait(timeout=60) == 0  # a clean exit, after the render
@@ -126,7 +126,7 @@ def test_sigterm_past_the_shutdown_timeout_requeues_the_render(
     rig: Farm, media: dict[str, Path], webhook_receiver: WebhookReceiver, tmp_path: Path
 ) -> None:
     first = rig.start_worker(shutdown_timeout_s=0.5)
-    rid = rig.enqueue(rig.upload(media["cfr30"]), "mp4", segments=LONG_CUT, webhook=webhook_receiver)
+    rid = rig.enqueue(rig.upload(media["cfr30"]), "mp4", segments=LONG_CUT, smart=False, webhook=webhook_receiver)
     rendering(rig, rid)
     encoders = ffmpeg_of(first)
     first.signal(signal.SIGTERM)
@@ -148,7 +148,7 @@ def test_sigterm_past_the_shutdown_timeout_requeues_the_render(
 
 def test_a_second_sigterm_kills_at_once(rig: Farm, media: dict[str, Path], tmp_path: Path) -> None:
     first = rig.start_worker(shutdown_timeout_s=600)
-    rid = rig.enqueue(rig.upload(media["cfr30"]), "mp4", segments=LONG_CUT)
+    rid = rig.enqueue(rig.upload(media["cfr30"]), "mp4", segments=LONG_CUT, smart=False)
     rendering(rig, rid)
     encoders = ffmpeg_of(first)
     first.signal(signal.SIGTERM)
@@ -171,7 +171,7 @@ def test_time_limit_fails_with_timeout_and_writes_nothing(
     rig: Farm, media: dict[str, Path], webhook_receiver: WebhookReceiver
 ) -> None:
     rig.start_worker(time_limit_s=1)
-    rid = rig.enqueue(rig.upload(media["cfr30"]), "mp4", webhook=webhook_receiver)  # ~20 s of encoding
+    rid = rig.enqueue(rig.upload(media["cfr30"]), "mp4", webhook=webhook_receiver, smart=False)  # ~20 s of encoding
     rec = rig.wait_record(rid, timeout_s=30)
     assert (rec["state"], rec["error_code"], rec["attempts"]) == ("failed", "timeout", 1), rec
     assert rig.objects() == {}

@@ -9,8 +9,11 @@ that follow it in decode order may show before it and refer to the GOP before, s
 break them. Such a stream simply has fewer places to copy from, and where it has none the render re-encodes.
 
 Every packet must sit on the source's frame grid (CFR), so its output time is exact; the frames must be
-numbered 0..N-1 with no gap and no repeat. Anything else is a :attr:`GopIndex.problem`, and the render
-takes today's path.
+numbered 0..N-1 with no gap and no repeat. And the stream must keep the one SPS of its ``avcC`` (the one the
+probe read the picture size from, and held to the pixel limit): a parameter set in a packet that is not
+byte for byte one of the ``avcC``'s could change the picture mid-stream (a crafted file grows its frames past
+the limit that way), and a copy decodes nothing that would notice. Anything else is a
+:attr:`GopIndex.problem`, and the render takes today's path, where the decoder holds every frame to the limit.
 """
 
 from __future__ import annotations
@@ -46,38 +49,55 @@ class GopIndex:
     problem: str | None = None  # why nothing of this stream can be copied (None: copies may start at starts)
 
 
-def _avcc(extradata: bytes) -> tuple[int, int, int, bytes] | str:
-    """(profile_idc, level_idc, NAL length size, the SPS and PPS with 4-byte lengths), or why not."""
+@dataclasses.dataclass(frozen=True)
+class _Avcc:
+    profile_idc: int
+    level_idc: int
+    length_size: int  # bytes of each NAL unit's length in the packets
+    sets: frozenset[bytes]  # its SPS and PPS NAL units
+    prefix: bytes  # the same, each with a 4-byte length, SPS first
+
+
+def _avcc(extradata: bytes) -> _Avcc | str:
+    """The ``avcC`` of an H.264 stream, or why its packets are not copied."""
     if len(extradata) < 7 or extradata[0] != 1:
         return "its H.264 is in Annex B form (no avcC), which is not copied"
-    length_size = (extradata[4] & 3) + 1
     out = bytearray()
+    nals: list[bytes] = []
     pos = 5
     try:
         for count_mask in (0x1F, 0xFF):  # SPS count (5 bits), then PPS count (8 bits)
             count = extradata[pos] & count_mask
             pos += 1
+            if count_mask == 0x1F and count != 1:
+                return f"its avcC holds {count} SPS (one picture size is copied, the probe's)"
             for _ in range(count):
                 size = int.from_bytes(extradata[pos : pos + 2], "big")
                 nal = extradata[pos + 2 : pos + 2 + size]
                 if len(nal) != size or size == 0:
                     return "its avcC is truncated"
+                nals.append(nal)
                 out += size.to_bytes(4, "big") + nal
                 pos += 2 + size
     except IndexError:
         return "its avcC is truncated"
-    return extradata[1], extradata[3], length_size, bytes(out)
+    return _Avcc(extradata[1], extradata[3], (extradata[4] & 3) + 1, frozenset(nals), bytes(out))
 
 
-def _is_idr(data: memoryview, length_size: int) -> bool:
-    """Whether a packet (length-prefixed NAL units) holds an IDR slice (NAL unit type 5)."""
-    pos, end = 0, len(data)
-    while pos + length_size < end:
-        size = int.from_bytes(data[pos : pos + length_size], "big")
-        if data[pos + length_size] & 0x1F == 5:
-            return True
-        pos += length_size + size
-    return False
+def _nal_check(data: memoryview, avcc: _Avcc) -> bool | str:
+    """Whether a packet (length-prefixed NAL units) holds an IDR slice (NAL unit type 5); or why it must not be
+    copied (a parameter set of its own, or a NAL unit that runs past the packet)."""
+    pos, end, n, idr = 0, len(data), avcc.length_size, False
+    while pos + n < end:
+        size = int.from_bytes(data[pos : pos + n], "big")
+        if size == 0 or pos + n + size > end:
+            return "a packet's NAL units run past its end"
+        kind = data[pos + n] & 0x1F
+        if kind in (7, 8) and bytes(data[pos + n : pos + n + size]) not in avcc.sets:
+            return "it changes its parameter sets mid-stream (a new SPS or PPS in its packets)"
+        idr = idr or kind == 5
+        pos += n + size
+    return idr
 
 
 def scan(info: SourceInfo, *, max_pixels: int) -> GopIndex:
@@ -93,15 +113,16 @@ def scan(info: SourceInfo, *, max_pixels: int) -> GopIndex:
             avcc = _avcc(bytes(stream.codec_context.extradata or b""))
             if isinstance(avcc, str):
                 return dataclasses.replace(empty, problem=avcc)
-            profile_idc, level, length_size, parameter_sets = avcc
             tb = stream.time_base
             assert tb is not None
-            order, keys = _packets(container, stream, Fraction(tb), Fraction(video.start), video.rate, length_size)
+            order, keys = _packets(container, stream, Fraction(tb), Fraction(video.start), video.rate, avcc)
     except av.error.FFmpegError as exc:
         return dataclasses.replace(empty, problem=f"its packets could not be read ({exc})")
-    base = GopIndex(len(order), (), 0, parameter_sets, PROFILES.get(profile_idc), level)
+    profile_idc = avcc.profile_idc
+    base = GopIndex(0, (), 0, avcc.prefix, PROFILES.get(profile_idc), avcc.level_idc)
     if isinstance(order, str):
-        return dataclasses.replace(base, frames=0, problem=order)
+        return dataclasses.replace(base, problem=order)
+    base = dataclasses.replace(base, frames=len(order))
     if sorted(order) != list(range(len(order))):
         return dataclasses.replace(base, problem="its frames are not numbered 0..N-1 on the grid (gaps or repeats)")
     if base.profile is None:
@@ -122,9 +143,10 @@ def scan(info: SourceInfo, *, max_pixels: int) -> GopIndex:
 
 
 def _packets(
-    container: Any, stream: Any, tb: Fraction, origin: Fraction, rate: Fraction, length_size: int
+    container: Any, stream: Any, tb: Fraction, origin: Fraction, rate: Fraction, avcc: _Avcc
 ) -> tuple[list[int] | str, list[int]]:
-    """Each packet's frame number in decode order, and the decode positions of its IDR packets."""
+    """Each packet's frame number in decode order, and the decode positions of its IDR packets (or why the
+    stream is not copied)."""
     order: list[int] = []
     keys: list[int] = []
     for packet in container.demux(stream):
@@ -136,7 +158,10 @@ def _packets(
         frame = round(exact)
         if abs(exact - frame) > GRID_TOLERANCE:
             return f"a frame at {float(Fraction(packet.pts) * tb):.6f} s is off its frame grid", []
-        if packet.is_keyframe and _is_idr(memoryview(packet), length_size):
+        nals = _nal_check(memoryview(packet), avcc)
+        if isinstance(nals, str):
+            return nals, []
+        if nals and packet.is_keyframe:
             keys.append(len(order))
         order.append(frame)
     return order, keys

@@ -413,9 +413,11 @@ def matching_encoder_args(index: GopIndex) -> list[str]:
     ]
 
 
-def first_frame_key(chunk: Chunk) -> list[str]:
-    """Forces a keyframe (an IDR frame, with ``-forced-idr``) on the chunk's first own frame, after its pre-roll."""
-    return ["-force_key_frames", f"expr:eq(n,{chunk.preroll})"]
+def first_frame_key(chunk: Chunk, keys: Sequence[int] = ()) -> list[str]:
+    """Forces a keyframe (an IDR frame, with ``-forced-idr``) on the chunk's first own frame, after its pre-roll,
+    and on the frames ``keys`` (a smart render's batch: the first frame of each segment it holds)."""
+    frames = sorted({chunk.preroll, *keys})
+    return ["-force_key_frames", "expr:" + "+".join(f"eq(n,{k})" for k in frames)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -537,6 +539,7 @@ def chunk_ffmpeg_args(
     muxer: str,
     tiers: Tiers | None = None,
     encoder_args: Sequence[str] | None = None,
+    keys: Sequence[int] = (),
 ) -> list[str]:
     """The ffmpeg arguments that encode one chunk's frames, after its pre-roll (no audio), into a piece
     written by ``muxer`` (the format's piece preset's).
@@ -546,7 +549,8 @@ def chunk_ffmpeg_args(
     encoder, preset and rate control as the whole render, plus :data:`CHUNK_ENCODER_ARGS` and a forced
     keyframe on the first frame after the pre-roll, so that once the pre-roll is dropped
     (``worker.render.parts.render_chunk``) every piece starts with an IDR frame in a closed GOP.
-    ``encoder_args`` replaces :data:`CHUNK_ENCODER_ARGS` (a smart render's :func:`matching_encoder_args`).
+    ``encoder_args`` replaces :data:`CHUNK_ENCODER_ARGS` (a smart render's :func:`matching_encoder_args`);
+    ``keys`` are more frames forced to IDR frames (:func:`first_frame_key`).
     """
     tiers = tiers or load_tiers()
     assert preset.video_codec is not None and info.video is not None
@@ -562,7 +566,7 @@ def chunk_ffmpeg_args(
     args += _video_encode_args(info, preset, enc, tiers)
     if encoder_args is None:
         encoder_args = CHUNK_ENCODER_ARGS.get(preset.video_codec, ())
-    args += [*encoder_args, *first_frame_key(chunk)]
+    args += [*encoder_args, *first_frame_key(chunk, keys)]
     args += ["-map_metadata", "-1", "-map_chapters", "-1", "-f", muxer, output_file]
     return args
 

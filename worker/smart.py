@@ -37,6 +37,9 @@ from worker.probe import SourceInfo
 MIN_COPIED_SHARE = 0.3
 #: The video encoders whose output a copied H.264 stream can continue (the CPU preset's x264).
 MATCHING_ENCODERS = ("libx264",)
+#: Encoded segments one ffmpeg encodes in a row (a batch); more make more batches. Each segment is about one or
+#: two runs of the source (a seek each), and a chunk's runs are capped at worker.chunks.MAX_RUNS.
+SEGMENTS_PER_BATCH = 12
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,10 +59,31 @@ Segment = Copy | Chunk
 
 
 @dataclasses.dataclass(frozen=True)
+class Batch:
+    """Encoded segments one ffmpeg encodes in a row, as one chunk: its frames are theirs, in output order, and
+    each segment's first frame is forced to an IDR frame (``keys``), in a closed GOP, so each is cut out of
+    the batch's file by its packets alone (worker/render/splice.py)."""
+
+    index: int
+    chunk: Chunk  # frames [0, n): the members' spans, one after the other
+    members: tuple[Chunk, ...]
+
+    @property
+    def keys(self) -> tuple[int, ...]:
+        """The batch frame each member starts at."""
+        starts, at = [], 0
+        for m in self.members:
+            starts.append(at)
+            at += m.frames
+        return tuple(starts)
+
+
+@dataclasses.dataclass(frozen=True)
 class SmartPlan:
     rate: Fraction
     total: int  # output frames
     segments: tuple[Segment, ...]  # in output order, covering [0, total) once
+    seek_gap: int = 0  # the runs' seek gap (source frames; worker/chunks.py)
 
     @property
     def copies(self) -> tuple[Copy, ...]:
@@ -76,6 +100,36 @@ class SmartPlan:
     @property
     def encoded(self) -> int:
         return self.total - self.copied
+
+    def batches(self, parallel: int) -> tuple[Batch, ...]:
+        """The encoded segments in at least ``parallel`` batches (where there are that many segments) of
+        contiguous segments with about equal frames; at most :data:`SEGMENTS_PER_BATCH` segments a batch.
+
+        One ffmpeg a batch rather than one a segment: a process start, an encoder start and a rate control
+        that begins from nothing cost each segment (a few frames around a cut) as much as its frames do.
+        """
+        encodes = self.encodes
+        if not encodes:
+            return ()
+        count = min(len(encodes), max(parallel, -(-len(encodes) // SEGMENTS_PER_BATCH)))
+        total = sum(c.frames for c in encodes)
+        groups: list[list[Chunk]] = [[] for _ in range(count)]
+        done = 0
+        for c in encodes:
+            # The segment goes to the batch its middle frame falls in, by frames: batches of about equal work.
+            groups[min(count - 1, (2 * done + c.frames) * count // (2 * total))].append(c)
+            done += c.frames
+        batches: list[Batch] = []
+        for members in (g for g in groups if g):
+            spans, at = [], 0
+            for m in members:
+                for s in m.spans:
+                    spans.append(dataclasses.replace(s, out=at))
+                    at += s.length
+            runs = runs_of(spans, seek_gap=self.seek_gap, margin=0, max_runs=MAX_RUNS)
+            chunk = Chunk(index=len(batches), start=0, end=at, runs=runs)
+            batches.append(Batch(len(batches), chunk, tuple(members)))
+        return tuple(batches)
 
 
 def why_not(info: SourceInfo, spec: OutputSpec, enc: EncodeSettings, preset: Preset) -> str | None:
@@ -136,7 +190,7 @@ def plan_smart(
         if copy is not None:
             segments.append(copy)
             at = copy.end
-    return SmartPlan(rate=timeline.rate, total=total, segments=tuple(segments))
+    return SmartPlan(rate=timeline.rate, total=total, segments=tuple(segments), seek_gap=seek_gap)
 
 
 def join_args(
@@ -151,4 +205,4 @@ def join_args(
     return [*args, "-f", muxer, *muxer_args, output_file]
 
 
-__all__ = ["Copy", "MIN_COPIED_SHARE", "Segment", "SmartPlan", "join_args", "plan_smart", "why_not"]
+__all__ = ["Batch", "Copy", "MIN_COPIED_SHARE", "Segment", "SmartPlan", "join_args", "plan_smart", "why_not"]

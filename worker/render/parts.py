@@ -89,10 +89,11 @@ def encode_frames(
     cancel: threading.Event | None = None,
     deadline: float | None = None,
     encoder_args: Sequence[str] | None = None,
+    keys: Sequence[int] = (),
 ) -> Path:
     """Encode ``chunk``'s frames into the video piece ``output``: :func:`render_chunk`'s work, for any chunk
-    (a smart render's encoded segments are chunks with no pre-roll, worker/smart.py). ``encoder_args``
-    replaces the chunk encoder options (:func:`worker.graph.chunk_ffmpeg_args`)."""
+    (a smart render's batch of encoded segments, worker/smart.py). ``encoder_args`` replaces the chunk encoder
+    options and ``keys`` adds IDR frames (:func:`worker.graph.chunk_ffmpeg_args`)."""
     index = chunk.index
     rate = plan.timeline.rate
     preset = plan.preset
@@ -114,6 +115,7 @@ def encode_frames(
         max_pixels=plan.limits.max_source_pixels,
         muxer=piece.muxer,
         encoder_args=encoder_args,
+        keys=keys,
     )
     try:
         ffmpeg.run(

@@ -4,8 +4,10 @@ encoded, and one exact track is written from both (worker/smart.py plans it; wor
 Steps, all on this machine:
 
 1. the audio, once, whole (the chunked strategy's audio step: the same graph, gain and encoder), beside
-2. each encoded segment, a chunk with no pre-roll (the chunked strategy's encode step), with x264 options
-   that match the copied stream (:func:`worker.graph.matching_encoder_args`);
+2. the encoded segments, in a few batches (:meth:`worker.smart.SmartPlan.batches`), each one ffmpeg that
+   encodes its segments' frames in a row as a chunk with no pre-roll (the chunked strategy's encode step),
+   an IDR frame forced at each segment's start, with x264 options that match the copied stream
+   (:func:`worker.graph.matching_encoder_args`);
 3. the video track spliced from the copies and the segments (:func:`worker.render.splice.join_video`);
 4. the track and the audio joined by stream copy into the output (``+faststart`` for mp4, as every render),
    then checked: every planned frame, durations, one audio track, a keyframe first, and decode times that
@@ -15,6 +17,7 @@ Steps, all on this machine:
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import os
 import threading
 import time
@@ -61,8 +64,8 @@ def render_smart(
     if on_encoder is not None:
         on_encoder(plan.preset.encoder)  # encoded segments use the CPU preset (their x264 matches the copies)
     stop = threading.Event()
-    encodes = smart.encodes
-    done = {c.index: 0.0 for c in encodes}
+    batches = smart.batches(PARALLEL)
+    done = {b.index: 0.0 for b in batches}
     lock = threading.Lock()
 
     def progress(k: int, frames: int) -> Callable[[float], None]:
@@ -78,7 +81,7 @@ def render_smart(
     args = matching_encoder_args(index)
     with scratch.temp_dir("render-smart", settings.work_dir) as tmp:
         work = Path(tmp)
-        names = {c.index: work / parts.chunk_file_name(plan.preset, c.index) for c in encodes}
+        names = {b.index: work / parts.chunk_file_name(plan.preset, b.index) for b in batches}
         audio = work / parts.audio_file_name(plan.preset)
         with concurrent.futures.ThreadPoolExecutor(max_workers=PARALLEL) as pool:
             futures = [
@@ -87,15 +90,16 @@ def render_smart(
                     pool.submit(
                         parts.encode_frames,
                         plan,
-                        c,
-                        names[c.index],
+                        b.chunk,
+                        names[b.index],
                         ffmpeg_bin=ffmpeg_bin,
-                        on_progress=progress(c.index, c.frames),
+                        on_progress=progress(b.index, b.chunk.frames),
                         cancel=stop,
                         deadline=deadline,
                         encoder_args=args,
+                        keys=b.keys,
                     )
-                    for c in encodes
+                    for b in batches
                 ),
             ]
             pending = set(futures)
@@ -111,20 +115,16 @@ def render_smart(
         if errors:
             raise next((e for e in errors if not isinstance(e, Cancelled)), errors[0])  # type: ignore[misc]
         source_options = input_options(plan.limits.max_source_pixels, ())
-        track = [
-            Part(
-                plan.info.path,
-                video.index,
-                seg.src,
-                seg.src + seg.frames,
-                origin=Fraction(video.start),
-                prefix=index.parameter_sets,
-                options=source_options,
-            )
-            if isinstance(seg, Copy)
-            else Part(str(names[seg.index]), 0, 0, seg.frames)
-            for seg in smart.segments
-        ]
+        # Where each encoded segment is: its batch's file, from the frame its IDR frame was forced at.
+        encoded = {m.index: (names[b.index], at) for b in batches for m, at in zip(b.members, b.keys, strict=True)}
+        track = []
+        for seg in smart.segments:
+            if isinstance(seg, Copy):
+                src = Part(plan.info.path, video.index, seg.src, seg.src + seg.frames, origin=Fraction(video.start))
+                track.append(dataclasses.replace(src, prefix=index.parameter_sets, options=source_options))
+            else:
+                name, at = encoded[seg.index]
+                track.append(Part(str(name), 0, at, at + seg.frames))
         piece = parts.piece_preset(plan.preset)
         joined = work / f"video.{piece.extension}"
         join_video(track, joined, rate=smart.rate, muxer=piece.muxer, cancel=cancel, deadline=deadline)

@@ -116,6 +116,9 @@ def join_video(
             raise RenderTimeout("the render ran past its time limit")
 
     timescale, tick = _timescale(rate)
+    # The packets' own time base, fixed: the muxer may change the stream's when it writes the header (mp4
+    # doubles a timescale under 10000), and each packet is rescaled from this one to whatever it chose.
+    tb = Fraction(1, timescale)
     orders: list[list[int]] = []
     for part in parts:
         checked()
@@ -135,13 +138,13 @@ def join_video(
                 for frame, packet in _frames(part, rate):
                     if ost is None:
                         ost = dst.add_stream_from_template(packet.stream)
-                        ost.time_base = Fraction(1, timescale)
+                        ost.time_base = tb
                     data = bytes(packet)
                     if part.prefix and packet.is_keyframe:
                         data = part.prefix + data
                     out = av.Packet(data)
                     out.stream = ost
-                    out.time_base = ost.time_base
+                    out.time_base = tb
                     out.pts = (base + frame - part.first) * tick
                     out.dts = (written - delay) * tick
                     out.duration = tick

@@ -400,6 +400,11 @@ def observe_job(
     get_metrics().observe_job(outcome, format, encoder, duration_s, output_s, source_s)
 
 
+def observe_frames(format: str, copied: int, encoded: int) -> None:
+    """See :meth:`RenderMetrics.observe_frames`."""
+    get_metrics().observe_frames(format, copied, encoded)
+
+
 def observe_failure(code: ErrorCode | str) -> None:
     """See :meth:`RenderMetrics.observe_failure`."""
     get_metrics().observe_failure(code)

@@ -5,7 +5,14 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING
 
-from worker.telemetry.definitions import InProgress, get_metrics, observe_failure, observe_job, observe_upload
+from worker.telemetry.definitions import (
+    InProgress,
+    get_metrics,
+    observe_failure,
+    observe_frames,
+    observe_job,
+    observe_upload,
+)
 from worker.telemetry.definitions import observe_webhook as _observe_webhook
 
 if TYPE_CHECKING:
@@ -59,7 +66,7 @@ class PipelineObserver(_ObserverBase):
         observe_upload(size, seconds)
 
     def frames(self, fmt: str, copied: int, encoded: int) -> None:
-        get_metrics().observe_frames(fmt, copied, encoded)
+        observe_frames(fmt, copied, encoded)
 
     def nvenc(self, available: bool) -> None:
         set_nvenc_available(available)
