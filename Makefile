@@ -24,8 +24,10 @@ demo: $(STAMP)
 	$(BIN)/python fixtures/demo.py
 
 # System services the tests start for themselves (on free ports): redis-server,
-# promtool and Node's s3rver; and the distribution's ffmpeg, which tests/test_distro_ffmpeg.py
-# points RENDER_FFMPEG_PATH at. Installed here when missing so CI is self-sufficient.
+# promtool and Node's s3rver; the distribution's ffmpeg, which tests/test_distro_ffmpeg.py
+# points RENDER_FFMPEG_PATH at; and the players tests/players.py plays renders with (GStreamer,
+# headless Chromium). Installed here when missing so CI is self-sufficient.
+GST_PKGS := gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-libav
 services:
 	@command -v redis-server >/dev/null 2>&1 || { echo "installing redis-server"; \
 	  (apt-get update -qq && apt-get install -y -qq redis-server) >/dev/null 2>&1 || \
@@ -36,6 +38,13 @@ services:
 	@command -v ffmpeg >/dev/null 2>&1 || { echo "installing the distribution's ffmpeg (refused by the worker: too old)"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg) >/dev/null 2>&1 || \
 	  (sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg) >/dev/null; }
+	@command -v gst-launch-1.0 >/dev/null 2>&1 && gst-inspect-1.0 avdec_h264 >/dev/null 2>&1 || { \
+	  echo "installing GStreamer (qtdemux, avdec_h264) to play renders in tests"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(GST_PKGS)) >/dev/null 2>&1 || \
+	  (sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(GST_PKGS)) >/dev/null; }
+	@command -v chromium >/dev/null 2>&1 || { echo "installing Debian's chromium to play renders in tests (headless)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium) >/dev/null 2>&1 || \
+	  (sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium) >/dev/null; }
 	@test -x tests/node_modules/.bin/s3rver || (cd tests && npm install --no-audit --no-fund --silent)
 
 lint: $(TEST_STAMP)

@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.run import make_plan  # noqa: E402
+from worker import planner  # noqa: E402
 from worker.output import OutputSpec  # noqa: E402
 from worker.plan import Segment  # noqa: E402
 from worker.render import render  # noqa: E402
@@ -42,7 +43,9 @@ FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
 def make_source(path: Path, height: int, seconds: int) -> None:
     """A camera's recording: moving detail with temporal grain, 1 s closed GOPs with B-frames, AAC."""
     width = height * 16 // 9
-    rate = {720: "6M", 1080: "12M"}.get(height, "8M")
+    # Inside the tier's Auto bitrate (5 Mb/s at 720p, 10 at 1080p), as a copy must be: a camera's or a phone's
+    # "standard" quality setting.
+    rate = {720: "4M", 1080: "8M"}.get(height, "8M")
     subprocess.run(
         [FFMPEG, "-hide_banner", "-loglevel", "error", "-y"]
         + ["-f", "lavfi", "-i", f"testsrc2=size={width}x{height}:rate=30:duration={seconds}"]
@@ -80,6 +83,8 @@ def main() -> int:
             src = work / f"camera-{height}p.mp4"
             make_source(src, height, args.seconds)
             segments = make_plan(40, float(args.seconds), 0.8, seed=20)
+            strategy = planner.strategy_for(planner.plan_render(src, segments, OutputSpec("mp4")))
+            print(json.dumps({"height": height, "strategy": strategy.kind, "not_smart": strategy.not_smart}))
             walls: dict[str, list[float]] = {"no-smart": [], "smart": [], "copy": []}
             copied = encoded = 0
             for r in range(args.rounds):

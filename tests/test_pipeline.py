@@ -22,6 +22,7 @@ from worker.pipeline import (
     COMPLETED,
     FAILED,
     Deps,
+    Observer,
     Outcome,
     download_url,
     process,
@@ -508,3 +509,32 @@ def test_a_loudness_target_is_measured_applied_and_recorded(deps: Deps) -> None:
     assert process(plain, deps, last_attempt=False) is Outcome.COMPLETED
     rec2 = deps.records.get("rnd_2")
     assert rec2 is not None and rec2["loudness"] is None and "loudness" not in rec2["output"]
+
+
+class FrameCounts(Observer):
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, int, int]] = []
+
+    def frames(self, fmt: str, copied: int, encoded: int) -> None:
+        self.seen.append((fmt, copied, encoded))
+
+
+def test_a_smart_render_records_and_counts_its_copied_and_encoded_frames(deps: Deps, media: dict[str, Path]) -> None:
+    assert isinstance(deps.storage, MemoryStorage)
+    uri = "s3://media/assets/ast_1/camera.mp4"
+    deps.storage.seed(uri, media["cam_gop1s"].read_bytes())
+    deps.observer = FrameCounts()
+    cut = [{"start": 0.43, "end": 3.5}, {"start": 4.0, "end": 7.9}]
+    for rid, smart in (("rnd_1", None), ("rnd_2", False)):
+        output = {"format": "mp4", **({} if smart is None else {"smart": smart})}
+        assert process(job(rid, source={"uri": uri}, segments=cut, output=output), deps, last_attempt=False) is (
+            Outcome.COMPLETED
+        )
+    first, second = deps.records.get("rnd_1"), deps.records.get("rnd_2")
+    assert first is not None and second is not None
+    total = first["frames"]["copied"] + first["frames"]["encoded"]
+    # Both pieces hold whole 1 s GOPs: 0.43-3.5 s copies 1-3 s, 4.0-7.9 s copies 4-7 s.
+    assert first["frames"] == {"copied": 60 + 90, "encoded": total - 150} and first["encoder"] == "cpu"
+    assert second["frames"] == {"copied": 0, "encoded": total} and second["output"]["smart"] is False
+    assert "smart" not in first["output"]  # the default, absent as before the option existed
+    assert deps.observer.seen == [("mp4", 150, total - 150), ("mp4", 0, total)]
