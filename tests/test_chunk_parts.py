@@ -13,6 +13,7 @@ import os
 import subprocess
 import threading
 import time
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -432,3 +433,24 @@ def test_the_coordinator_plans_the_crop_path_once_and_sends_it(
     for body in [*chunks, *queue.take("audio")]:
         assert process_part(body, deps, last_attempt=False) is Outcome.STORED
     assert len(looked) == 1
+
+
+def test_a_smart_render_through_the_queue_copies_inside_every_chunk(deps: Deps, queue: Queue, tmp_path: Path) -> None:
+    """``smart`` on (the default): each chunk copies the 2 s GOPs it keeps whole; the assembly writes one track."""
+    import mediacheck as mc
+    from test_render_exact import check_frames
+    from test_smart import packet_times
+
+    from worker.plan import Segment
+
+    rec = _through_the_queue(deps, queue, smart=True)
+    frames = rec["frames"]
+    total = frames["copied"] + frames["encoded"]
+    assert total == 450 and frames["copied"] >= 180, frames  # two 7.5 s pieces, three chunks
+    assert isinstance(deps.storage, MemoryStorage)
+    out = tmp_path / "out.mp4"
+    out.write_bytes(deps.storage.get(str(rec["output_key"])).data)
+    check_frames(out, [Segment(c["start"], c["end"]) for c in CUT], Fraction(30), frames=6000)
+    pts, dts, tb = packet_times(out)
+    assert {b - a for a, b in zip(dts, dts[1:], strict=False)} == {int(1 / (30 * tb))}  # across the chunks' joins
+    assert mc.stream_durations(out)["video_frames"] == total

@@ -55,6 +55,8 @@ LAYERS: dict[str, int] = {
     "worker.render.result": 4,
     "worker.render.packets": 4,
     "worker.render.smart": 4,
+    "worker.render.encode": 4,
+    "worker.render.track": 4,
     "worker.render.splice": 4,
     "worker.render.whole": 4,
     "worker.render.parts": 4,

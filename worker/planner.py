@@ -202,6 +202,18 @@ def smart_plan_for(plan: Plan) -> tuple[smart.SmartPlan, GopIndex] | str:
     return splice, index
 
 
+def smart_chunk(plan: Plan, chunks: ChunkPlan, index: int, gops: GopIndex) -> smart.SmartPlan:
+    """The copies and encodes of chunk ``index`` of a chunked smart render (a strategy with ``gops``)."""
+    return smart.plan_chunk(plan.timeline, chunks.chunks[index], gops, seek_gap=_seek_gap(plan))
+
+
+def copied_frames(plan: Plan, chunks: ChunkPlan, gops: GopIndex | None) -> int:
+    """The frames a chunked render copies from the source (0 unless its chunks copy, ``gops``)."""
+    if gops is None:
+        return 0
+    return sum(smart_chunk(plan, chunks, c.index, gops).copied for c in chunks.chunks)
+
+
 def chunk_plan_for(plan: Plan, settings: Settings | None = None, *, count: int | None = None) -> ChunkPlan:
     """The chunks of a video render: ``count`` of them, or as many as RENDER_CHUNK_S / RENDER_CHUNK_MIN_S give.
 
@@ -239,7 +251,8 @@ class Strategy:
     kind: Kind
     chunks: ChunkPlan | None = None  # the chunk plan of a chunked render
     smart: smart.SmartPlan | None = None  # the copies and encodes of a smart render
-    gops: GopIndex | None = None  # the source's GOP index, for a smart render
+    #: The source's GOP index, for a smart render, and for a chunked one whose chunks copy (worker/smart.py).
+    gops: GopIndex | None = None
     #: Why a video render is not smart (``render-cli graph`` says it); None for a smart or audio-only one.
     not_smart: str | None = None
 
@@ -260,20 +273,20 @@ def strategy_for(
     render --chunks N`` with N > 1). ``chunks``: the number asked for (``None``: RENDER_CHUNK_S and
     RENDER_CHUNK_MIN_S decide). An audio-only output, or a plan that comes out as one chunk, renders whole.
 
-    Smart first: where the source's video can be copied, copying most of the frames on one worker costs less
-    than encoding all of them in parallel (and a smart render's encodes already run side by side).
+    Where the source's video can be copied (:func:`smart_plan_for`), a render that would be one piece is
+    ``smart``, and a chunked one carries the GOP index: each of its chunks copies what it keeps whole.
     """
     if not plan.has_video or plan.info.video is None:
         return WHOLE
     found = smart_plan_for(plan)
-    if not isinstance(found, str):
+    cplan = chunk_plan_for(plan, settings, count=chunks) if split else None
+    if cplan is None or len(cplan.chunks) <= 1:
+        if isinstance(found, str):
+            return Strategy(Kind.WHOLE, not_smart=found)
         return Strategy(Kind.SMART, smart=found[0], gops=found[1])
-    if not split:
-        return Strategy(Kind.WHOLE, not_smart=found)
-    cplan = chunk_plan_for(plan, settings, count=chunks)
-    if len(cplan.chunks) <= 1:
-        return Strategy(Kind.WHOLE, not_smart=found)
-    return Strategy(Kind.CHUNKED, cplan, not_smart=found)
+    if isinstance(found, str):
+        return Strategy(Kind.CHUNKED, cplan, not_smart=found)
+    return Strategy(Kind.CHUNKED, cplan, gops=found[1])
 
 
 __all__ = [
@@ -284,8 +297,10 @@ __all__ = [
     "Strategy",
     "WHOLE",
     "chunk_plan_for",
+    "copied_frames",
     "grid_of",
     "plan_render",
+    "smart_chunk",
     "smart_plan_for",
     "strategy_for",
 ]

@@ -29,7 +29,7 @@ from worker.chunks import MAX_RUNS, Chunk, runs_of, spans_in
 from worker.encoding import EncodeSettings
 from worker.gops import GopIndex
 from worker.output import OutputSpec
-from worker.plan import Timeline
+from worker.plan import Piece, Timeline
 from worker.presets import Preset
 from worker.probe import SourceInfo
 
@@ -193,6 +193,22 @@ def plan_smart(
     return SmartPlan(rate=timeline.rate, total=total, segments=tuple(segments), seek_gap=seek_gap)
 
 
+def window(timeline: Timeline, start: int, end: int) -> Timeline:
+    """Output frames ``[start, end)`` of ``timeline`` as a timeline of their own, numbered from 0: what a chunk of
+    a chunked smart render plans its copies over (picture only: the audio is rendered whole)."""
+    pieces = tuple(Piece(s.src, s.length, s.out - start, 0, 0, 0, False, False) for s in spans_in(timeline, start, end))
+    return dataclasses.replace(timeline, pieces=pieces, sample_rate=None)
+
+
+def plan_chunk(timeline: Timeline, chunk: Chunk, index: GopIndex, *, seek_gap: int) -> SmartPlan:
+    """The copies and encodes of one chunk of a chunked smart render: its own frames (the pre-roll a chunk's
+    encoder would see first is not needed: the encodes match the copies), whatever share is copied (every
+    piece of such a render is made the same way, so its track splices with the others)."""
+    found = plan_smart(window(timeline, chunk.start, chunk.end), index, seek_gap=seek_gap, min_share=0.0)
+    assert found is not None, "a chunk of a smart render has frames and a source with closed GOPs"
+    return found
+
+
 def join_args(
     video_file: str, audio_file: str, output_file: str, *, muxer: str, muxer_args: tuple[str, ...] | list[str] = ()
 ) -> list[str]:
@@ -205,4 +221,15 @@ def join_args(
     return [*args, "-f", muxer, *muxer_args, output_file]
 
 
-__all__ = ["Batch", "Copy", "MIN_COPIED_SHARE", "Segment", "SmartPlan", "join_args", "plan_smart", "why_not"]
+__all__ = [
+    "Batch",
+    "Copy",
+    "plan_chunk",
+    "window",
+    "MIN_COPIED_SHARE",
+    "Segment",
+    "SmartPlan",
+    "join_args",
+    "plan_smart",
+    "why_not",
+]

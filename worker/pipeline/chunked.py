@@ -46,6 +46,7 @@ from worker.errors import (
     RenderError,
     RenderTimeout,
 )
+from worker.gops import GopIndex
 from worker.jobs import Job, parse_job, render_id_of
 from worker.pipeline.completion import complete_stored
 from worker.pipeline.deps import Deps, Outcome
@@ -254,8 +255,9 @@ def _fetch_and_plan(
     scratch: Scratch,
     deadline: float,
     keep: contextlib.ExitStack,
-) -> tuple[planner.Plan, ChunkPlan]:
-    """The part's source, and the plan and chunks the coordinator made (the same function of the same probe)."""
+) -> tuple[planner.Plan, ChunkPlan, GopIndex | None]:
+    """The part's source, and the plan and chunks the coordinator made (the same function of the same probe),
+    with the source's GOP index where the chunks copy (smart render)."""
     settings = deps.settings
     count = int(body["count"])
     pinned = body.get("source_version")
@@ -267,7 +269,7 @@ def _fetch_and_plan(
     if strategy.chunks is None or strategy.count != count:
         # Workers with different RENDER_CHUNK_* settings: a deployment error.
         raise RenderError(f"this worker plans {strategy.count} chunks, the render was sent as {count}")
-    return plan, strategy.chunks
+    return plan, strategy.chunks, strategy.gops
 
 
 def _chunk_part(
@@ -283,7 +285,7 @@ def _chunk_part(
 ) -> None:
     settings = deps.settings
     with contextlib.ExitStack() as keep:
-        plan, cplan = _fetch_and_plan(job, body, deps, watch, scratch, deadline, keep)
+        plan, cplan, gops = _fetch_and_plan(job, body, deps, watch, scratch, deadline, keep)
         # The crop's path over the whole output, as the coordinator planned it; a message from a coordinator
         # that sent none is planned here (the same faces in the same frames give the same path).
         sent = _crop_path_of(body)
@@ -302,6 +304,7 @@ def _chunk_part(
             on_progress=lambda ratio: lease.on_progress(ratio, frames),
             cancel=watch.stop,
             deadline=deadline,
+            gops=gops,
         )
     content_type = parts.piece_preset(plan.preset).content_type
     _store_part(
@@ -343,7 +346,7 @@ def _audio_part(
     """Encode the render's whole audio (as the whole render would) and store it beside the video pieces."""
     settings = deps.settings
     with contextlib.ExitStack() as keep:
-        plan, _ = _fetch_and_plan(job, body, deps, watch, scratch, deadline, keep)
+        plan, _, _ = _fetch_and_plan(job, body, deps, watch, scratch, deadline, keep)
         lease.watched = True
         log.info("render %s: rendering the audio", job.render_id)
         deps.observer.encoding("cpu")
@@ -439,7 +442,8 @@ def _assemble_part(
     with contextlib.ExitStack() as keep:
         # The plan (frame count, piece durations) is the source's: probed again, from this process's cached
         # copy when it rendered parts of this render.
-        plan, cplan = _fetch_and_plan(job, body, deps, watch, scratch, deadline, keep)
+        plan, cplan, gops = _fetch_and_plan(job, body, deps, watch, scratch, deadline, keep)
+        copied = planner.copied_frames(plan, cplan, gops)
         if not audio_part:
             plan = render_loudness.normalise(
                 plan, scratch.path, ffmpeg_bin=ffmpeg_bin, cancel=watch.stop, deadline=deadline
@@ -458,7 +462,9 @@ def _assemble_part(
         deps.storage.download(piece_key(settings, job.render_id, job.output.format, k), piece, stop=watch.stop)
     watch.raise_if_stopped()
     out = scratch.path / f"{job.render_id}.{preset.extension}"
-    parts.assemble(plan, cplan, pieces, audio, out, ffmpeg_bin=ffmpeg_bin, cancel=watch.stop, deadline=deadline)
+    parts.assemble(
+        plan, cplan, pieces, audio, out, ffmpeg_bin=ffmpeg_bin, cancel=watch.stop, deadline=deadline, gops=gops
+    )
     watch.raise_if_stopped()
     key = job_output_key(settings, job)
     size = out.stat().st_size
@@ -473,14 +479,14 @@ def _assemble_part(
         "download_name": download_name(job),
         "chunks": count,
         "loudness": report,
-        "frames": frames_report(0, plan.timeline.total_units),  # every chunk encodes its frames
+        "frames": frames_report(copied, plan.timeline.total_units - copied),
     }
 
     def finished() -> None:
         wall = time.monotonic() - started
         fmt = job.output.format
         deps.observer.finished("completed", fmt, preset.encoder, wall, plan.timeline.duration, plan.info.duration)
-        deps.observer.frames(fmt, 0, plan.timeline.total_units)
+        deps.observer.frames(fmt, copied, plan.timeline.total_units - copied)
         delete_pieces(deps, job, count)
 
     def cancelled() -> Outcome:

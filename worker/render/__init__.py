@@ -97,6 +97,7 @@ def render(
             cancel=cancel,
             deadline=deadline,
             on_encoder=on_encoder,
+            gops=strategy.gops,
         )
     if chunks is not None and chunks > 1:
         # Asked for chunks but planned whole (audio-only, or too short to split): the CPU, as chunks would.

@@ -15,7 +15,8 @@ from pathlib import Path
 from worker import scratch
 from worker.chunks import ChunkPlan
 from worker.errors import Cancelled
-from worker.planner import Plan
+from worker.gops import GopIndex
+from worker.planner import Plan, copied_frames
 from worker.render import parts
 from worker.render.result import RenderResult, result_of
 from worker.settings import Settings
@@ -31,8 +32,10 @@ def render_chunked(
     cancel: threading.Event | None = None,
     deadline: float | None = None,
     on_encoder: Callable[[str], None] | None = None,
+    gops: GopIndex | None = None,
 ) -> RenderResult:
-    """Render ``plan`` in ``chunks`` on this machine.
+    """Render ``plan`` in ``chunks`` on this machine; with the source's GOP index (``gops``) each chunk copies
+    the GOPs it keeps whole (worker/render/parts.py).
 
     Progress is the sum over the chunks, weighted by their frames. Cancel, the deadline or any failure
     stops every process; nothing is left behind.
@@ -74,6 +77,7 @@ def render_chunked(
                         on_progress=progress(c.index),
                         cancel=stop,
                         deadline=deadline,
+                        gops=gops,
                     )
                     for c in chunks.chunks
                 ),
@@ -91,7 +95,9 @@ def render_chunked(
         errors = [f.exception() for f in futures if f.exception() is not None]
         if errors:
             raise next((e for e in errors if not isinstance(e, Cancelled)), errors[0])  # type: ignore[misc]
-        parts.assemble(plan, chunks, names, audio, out_path, ffmpeg_bin=ffmpeg_bin, cancel=cancel, deadline=deadline)
+        parts.assemble(
+            plan, chunks, names, audio, out_path, ffmpeg_bin=ffmpeg_bin, cancel=cancel, deadline=deadline, gops=gops
+        )
     if on_progress is not None:
         on_progress(1.0)
-    return result_of(plan, plan.preset, out_path, started, None)
+    return result_of(plan, plan.preset, out_path, started, None, copied=copied_frames(plan, chunks, gops))

@@ -6,6 +6,10 @@ or side by side on one (worker/render/chunked.py):
 * :func:`assemble`: the pieces and the audio joined into the output by stream copy, checked against the plan.
 
 Chunks encode on the CPU preset on every worker, so that pieces from different hosts join into one stream.
+Where the source qualifies for smart render (the strategy carries its GOP index), each chunk copies the GOPs
+it keeps whole and encodes the rest as a smart render does (:func:`worker.smart.plan_chunk`,
+worker/render/track.py), and the assembly writes the pieces' track afresh (worker/render/splice.py), so the
+timing is uniform across the chunks' joins as across every copy's.
 """
 
 from __future__ import annotations
@@ -16,22 +20,30 @@ from collections.abc import Callable, Sequence
 from fractions import Fraction
 from pathlib import Path
 
-from worker import ffmpeg
-from worker.chunks import Chunk, ChunkPlan, assembly_args, concat_list, piece_durations_us, piece_name
+from worker import ffmpeg, smart
+from worker.chunks import ChunkPlan, assembly_args, concat_list, piece_durations_us, piece_name
 from worker.errors import EncodeError, ErrorCode, SourceError
-from worker.graph import audio_ffmpeg_args, build_chunk_graph, build_graph, chunk_ffmpeg_args
-from worker.planner import Plan
+from worker.gops import GopIndex
+from worker.graph import audio_ffmpeg_args, build_graph
+from worker.planner import Plan, smart_chunk
 from worker.presets import Preset, load_preset
 from worker.render import loudness
-from worker.render.packets import drop_preroll, frames_and_first_key
+from worker.render.encode import encode_frames, piece_preset
+from worker.render.packets import check_uniform, frames_and_first_key
 from worker.render.result import verify_output
+from worker.render.splice import Part, join_video
+from worker.render.track import make_track
 
-
-def piece_preset(preset: Preset) -> Preset:
-    """The preset a chunk's video piece is written with: ``preset``'s own codec, in its piece container."""
-    if preset.piece_format is None:
-        raise EncodeError(f"{preset.format} names no piece format: it cannot be chunked")
-    return load_preset(preset.piece_format, "cpu")
+__all__ = [
+    "assemble",
+    "audio_file_name",
+    "audio_piece_preset",
+    "chunk_file_name",
+    "piece_preset",
+    "render_audio",
+    "render_chunk",
+    "verify_assembled",
+]
 
 
 def audio_piece_preset(preset: Preset) -> Preset:
@@ -61,13 +73,40 @@ def render_chunk(
     on_progress: Callable[[float], None] | None = None,
     cancel: threading.Event | None = None,
     deadline: float | None = None,
+    gops: GopIndex | None = None,
 ) -> Path:
     """Encode chunk ``index``'s frames into the video piece ``output`` (CPU preset; no audio).
 
     The encoder sees the chunk's pre-roll first (:data:`worker.chunks.PREROLL_S`), which is then dropped
     by a stream copy. The piece appears only when complete and checked: exactly the chunk's frames, the
-    first one a keyframe (an IDR frame, so it joins by stream copy).
+    first one a keyframe (an IDR frame, so it joins by stream copy). With the source's GOP index (``gops``,
+    a smart render's), the chunk's whole GOPs are copied instead and only the rest encoded, no pre-roll.
     """
+    if gops is not None:
+        out_path = Path(output)
+        partial = ffmpeg.temp_output_path(out_path, "." + piece_preset(plan.preset).extension)
+        work = out_path.with_name(f".{out_path.name}.batches")
+        work.mkdir(exist_ok=True)
+        try:
+            splan = smart_chunk(plan, chunks, index, gops)
+            make_track(
+                plan,
+                splan,
+                gops,
+                work,
+                partial,
+                ffmpeg_bin=ffmpeg_bin,
+                on_progress=on_progress,
+                cancel=cancel,
+                deadline=deadline,
+            )
+            os.replace(partial, out_path)
+        finally:
+            partial.unlink(missing_ok=True)
+            for leftover in work.iterdir():
+                leftover.unlink()
+            work.rmdir()
+        return out_path
     return encode_frames(
         plan,
         chunks.chunks[index],
@@ -77,72 +116,6 @@ def render_chunk(
         cancel=cancel,
         deadline=deadline,
     )
-
-
-def encode_frames(
-    plan: Plan,
-    chunk: Chunk,
-    output: str | os.PathLike[str],
-    *,
-    ffmpeg_bin: str | None = None,
-    on_progress: Callable[[float], None] | None = None,
-    cancel: threading.Event | None = None,
-    deadline: float | None = None,
-    encoder_args: Sequence[str] | None = None,
-    keys: Sequence[int] = (),
-) -> Path:
-    """Encode ``chunk``'s frames into the video piece ``output``: :func:`render_chunk`'s work, for any chunk
-    (a smart render's batch of encoded segments, worker/smart.py). ``encoder_args`` replaces the chunk encoder
-    options and ``keys`` adds IDR frames (:func:`worker.graph.chunk_ffmpeg_args`)."""
-    index = chunk.index
-    rate = plan.timeline.rate
-    preset = plan.preset
-    piece = piece_preset(preset)
-    out_path = Path(output)
-    partial = ffmpeg.temp_output_path(out_path, "." + piece.extension)
-    encoded = ffmpeg.temp_output_path(out_path, f".preroll.{piece.extension}") if chunk.preroll else partial
-    graph_file = out_path.with_name(f".{out_path.name}.graph.txt")
-    graph = build_chunk_graph(plan.info, plan.timeline, chunk, preset, plan.encode, plan.crop_path)
-    graph_file.write_text(graph, encoding="utf-8")
-    args = chunk_ffmpeg_args(
-        plan.info,
-        plan.timeline,
-        chunk,
-        preset,
-        plan.encode,
-        str(graph_file),
-        str(encoded),
-        max_pixels=plan.limits.max_source_pixels,
-        muxer=piece.muxer,
-        encoder_args=encoder_args,
-        keys=keys,
-    )
-    try:
-        ffmpeg.run(
-            args,
-            ffmpeg=ffmpeg_bin,
-            expected_duration_s=float(chunk.encoded / rate),
-            on_progress=on_progress,
-            cancel=cancel,
-            deadline=deadline,
-            decoders=(plan.info.video.codec,) if plan.info.video is not None else (),
-        )
-        if chunk.preroll:
-            drop_preroll(encoded, partial, chunk, rate, piece.muxer)
-        frames, first_key = frames_and_first_key(partial)
-        if frames != chunk.frames:
-            raise SourceError(
-                f"chunk {index} has {frames} of {chunk.frames} frames (truncated or damaged source)",
-                code=ErrorCode.SOURCE_UNREADABLE if frames < chunk.frames else ErrorCode.ENCODE_FAILED,
-            )
-        if not first_key:
-            raise EncodeError(f"chunk {index} does not start with a keyframe; it cannot be joined by stream copy")
-        os.replace(partial, out_path)
-    finally:
-        partial.unlink(missing_ok=True)
-        encoded.unlink(missing_ok=True)
-        graph_file.unlink(missing_ok=True)
-    return out_path
 
 
 def render_audio(
@@ -254,6 +227,7 @@ def assemble(
     ffmpeg_bin: str | None = None,
     cancel: threading.Event | None = None,
     deadline: float | None = None,
+    gops: GopIndex | None = None,
 ) -> Path:
     """Join the chunks' pieces (in chunk order, all in one directory) and the audio into ``output``.
 
@@ -269,14 +243,29 @@ def assemble(
     list_file = paths[0].with_name(".pieces.ffconcat")
     if len(paths) != len(chunks.chunks):
         raise EncodeError(f"assembly needs {len(chunks.chunks)} pieces, got {len(paths)}")
-    list_file.write_text(concat_list([p.name for p in paths], piece_durations_us(chunks)), encoding="utf-8")
     partial = ffmpeg.temp_output_path(out_path, "." + preset.extension)
-    args = assembly_args(str(list_file), str(audio), str(partial), muxer=preset.muxer, muxer_args=preset.muxer_args)
+    video = paths[0].with_name(f".video.{piece_preset(preset).extension}")
+    if gops is None:
+        list_file.write_text(concat_list([p.name for p in paths], piece_durations_us(chunks)), encoding="utf-8")
+        muxing = assembly_args(
+            str(list_file), str(audio), str(partial), muxer=preset.muxer, muxer_args=preset.muxer_args
+        )
+    else:
+        # Pieces that copy the source's GOPs: their track written afresh, one frame duration a packet.
+        muxing = smart.join_args(str(video), str(audio), str(partial), muxer=preset.muxer, muxer_args=preset.muxer_args)
     try:
-        ffmpeg.run(args, ffmpeg=ffmpeg_bin, cancel=cancel, deadline=deadline)
+        if gops is not None:
+            track = [Part(str(p), 0, 0, c.frames) for p, c in zip(paths, chunks.chunks, strict=True)]
+            join_video(
+                track, video, rate=chunks.rate, muxer=piece_preset(preset).muxer, cancel=cancel, deadline=deadline
+            )
+        ffmpeg.run(muxing, ffmpeg=ffmpeg_bin, cancel=cancel, deadline=deadline)
         verify_assembled(partial, plan)
+        if gops is not None:
+            check_uniform(partial, chunks.rate)
         os.replace(partial, out_path)
     finally:
         partial.unlink(missing_ok=True)
         list_file.unlink(missing_ok=True)
+        video.unlink(missing_ok=True)
     return out_path
