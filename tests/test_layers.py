@@ -57,6 +57,7 @@ LAYERS: dict[str, int] = {
     "worker.render.smart": 4,
     "worker.render.encode": 4,
     "worker.render.track": 4,
+    "worker.render.together": 4,
     "worker.render.splice": 4,
     "worker.render.whole": 4,
     "worker.render.parts": 4,

@@ -5,7 +5,6 @@ then joined by stream copy (``render-cli render --chunks N``). Through the queue
 
 from __future__ import annotations
 
-import concurrent.futures
 import os
 import threading
 import time
@@ -14,11 +13,11 @@ from pathlib import Path
 
 from worker import scratch
 from worker.chunks import ChunkPlan
-from worker.errors import Cancelled
 from worker.gops import GopIndex
 from worker.planner import Plan, copied_frames
 from worker.render import parts
 from worker.render.result import RenderResult, result_of
+from worker.render.together import side_by_side
 from worker.settings import Settings
 
 
@@ -44,7 +43,6 @@ def render_chunked(
     out_path = Path(output)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     ffmpeg_bin = settings.ffmpeg_path or None
-    stop = threading.Event()  # set on cancel or the first failure: every other ffmpeg is killed
     done = [0.0] * len(chunks.chunks)
     lock = threading.Lock()
     if on_encoder is not None:
@@ -63,38 +61,24 @@ def render_chunked(
     with scratch.temp_dir("render-chunks", settings.work_dir) as tmp:
         names = [Path(tmp) / parts.chunk_file_name(plan.preset, c.index) for c in chunks.chunks]
         audio = Path(tmp) / parts.audio_file_name(plan.preset)
-        with concurrent.futures.ThreadPoolExecutor(max_workers=len(names) + 1) as pool:
-            futures = [
-                pool.submit(parts.render_audio, plan, audio, ffmpeg_bin=ffmpeg_bin, cancel=stop, deadline=deadline),
-                *(
-                    pool.submit(
-                        parts.render_chunk,
-                        plan,
-                        chunks,
-                        c.index,
-                        names[c.index],
-                        ffmpeg_bin=ffmpeg_bin,
-                        on_progress=progress(c.index),
-                        cancel=stop,
-                        deadline=deadline,
-                        gops=gops,
-                    )
-                    for c in chunks.chunks
-                ),
-            ]
-            pending = set(futures)
-            while pending:
-                finished, pending = concurrent.futures.wait(pending, timeout=0.1, return_when="FIRST_EXCEPTION")
-                if cancel is not None and cancel.is_set():
-                    stop.set()
-                if any(f.exception() is not None for f in finished):
-                    stop.set()
-        if cancel is not None and cancel.is_set():
-            raise Cancelled("the render was cancelled")
-        # The first real failure, not the Cancelled of the processes stopped because of it.
-        errors = [f.exception() for f in futures if f.exception() is not None]
-        if errors:
-            raise next((e for e in errors if not isinstance(e, Cancelled)), errors[0])  # type: ignore[misc]
+
+        def chunk(k: int) -> Callable[[threading.Event], object]:
+            return lambda stop: parts.render_chunk(
+                plan,
+                chunks,
+                k,
+                names[k],
+                ffmpeg_bin=ffmpeg_bin,
+                on_progress=progress(k),
+                cancel=stop,
+                deadline=deadline,
+                gops=gops,
+            )
+
+        def sound(stop: threading.Event) -> object:
+            return parts.render_audio(plan, audio, ffmpeg_bin=ffmpeg_bin, cancel=stop, deadline=deadline)
+
+        side_by_side([sound, *(chunk(c.index) for c in chunks.chunks)], workers=len(names) + 1, cancel=cancel)
         parts.assemble(
             plan, chunks, names, audio, out_path, ffmpeg_bin=ffmpeg_bin, cancel=cancel, deadline=deadline, gops=gops
         )

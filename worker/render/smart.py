@@ -17,21 +17,19 @@ A chunked render copies too (worker/render/parts.py): each chunk makes its own t
 
 from __future__ import annotations
 
-import concurrent.futures
 import os
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from worker import ffmpeg, scratch
-from worker.errors import Cancelled
 from worker.gops import GopIndex
 from worker.planner import Plan
 from worker.render import parts
 from worker.render.packets import check_uniform
 from worker.render.result import RenderResult, result_of
+from worker.render.together import side_by_side
 from worker.render.track import make_track
 from worker.settings import Settings
 from worker.smart import SmartPlan, join_args
@@ -56,7 +54,6 @@ def render_smart(
     ffmpeg_bin = settings.ffmpeg_path or None
     if on_encoder is not None:
         on_encoder(plan.preset.encoder)  # encoded segments use the CPU preset (their x264 matches the copies)
-    stop = threading.Event()
 
     def progress(ratio: float) -> None:
         if on_progress is not None:
@@ -66,32 +63,25 @@ def render_smart(
         work = Path(tmp)
         audio = work / parts.audio_file_name(plan.preset)
         video = work / f"video.{parts.piece_preset(plan.preset).extension}"
-        with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-            futures: list[concurrent.futures.Future[Any]] = [
-                pool.submit(parts.render_audio, plan, audio, ffmpeg_bin=ffmpeg_bin, cancel=stop, deadline=deadline),
-                pool.submit(
-                    make_track,
-                    plan,
-                    smart,
-                    index,
-                    work,
-                    video,
-                    ffmpeg_bin=ffmpeg_bin,
-                    on_progress=progress,
-                    cancel=stop,
-                    deadline=deadline,
-                ),
-            ]
-            pending: set[concurrent.futures.Future[Any]] = set(futures)
-            while pending:
-                finished, pending = concurrent.futures.wait(pending, timeout=0.1, return_when="FIRST_EXCEPTION")
-                if (cancel is not None and cancel.is_set()) or any(f.exception() is not None for f in finished):
-                    stop.set()
-        if cancel is not None and cancel.is_set():
-            raise Cancelled("the render was cancelled")
-        errors = [f.exception() for f in futures if f.exception() is not None]
-        if errors:
-            raise next((e for e in errors if not isinstance(e, Cancelled)), errors[0])  # type: ignore[misc]
+
+        def sound(stop: threading.Event) -> object:
+            return parts.render_audio(plan, audio, ffmpeg_bin=ffmpeg_bin, cancel=stop, deadline=deadline)
+
+        def picture(stop: threading.Event) -> object:
+            make_track(
+                plan,
+                smart,
+                index,
+                work,
+                video,
+                ffmpeg_bin=ffmpeg_bin,
+                on_progress=progress,
+                cancel=stop,
+                deadline=deadline,
+            )
+            return None
+
+        side_by_side([sound, picture], workers=2, cancel=cancel)
         preset = plan.preset
         partial = ffmpeg.temp_output_path(out_path, "." + preset.extension)
         try:

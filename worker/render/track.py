@@ -5,21 +5,20 @@ output (worker/render/smart.py); a chunked smart render makes one per chunk (wor
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import threading
 from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
-from worker.errors import Cancelled
 from worker.gops import GopIndex
 from worker.graph import matching_encoder_args
 from worker.planner import Plan
 from worker.probe import input_options
 from worker.render.encode import encode_frames, piece_preset
 from worker.render.splice import Part, join_video
-from worker.smart import Copy, SmartPlan
+from worker.render.together import side_by_side
+from worker.smart import Batch, Copy, SmartPlan
 
 #: Batches encoded at once (each ffmpeg's x264 threads too; two keep both cores of a small worker busy).
 PARALLEL = 2
@@ -49,7 +48,6 @@ def make_track(
     names = {b.index: work / f"batch-{b.index:05d}.{piece.extension}" for b in batches}
     done = {b.index: 0.0 for b in batches}
     lock = threading.Lock()
-    stop = threading.Event()
 
     def progress(k: int, frames: int) -> Callable[[float], None]:
         def report(ratio: float) -> None:
@@ -62,34 +60,21 @@ def make_track(
         return report
 
     args = matching_encoder_args(index)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=PARALLEL) as pool:
-        futures = [
-            pool.submit(
-                encode_frames,
-                plan,
-                b.chunk,
-                names[b.index],
-                ffmpeg_bin=ffmpeg_bin,
-                on_progress=progress(b.index, b.chunk.frames),
-                cancel=stop,
-                deadline=deadline,
-                encoder_args=args,
-                keys=b.keys,
-            )
-            for b in batches
-        ]
-        pending = set(futures)
-        while pending:
-            finished, pending = concurrent.futures.wait(pending, timeout=0.1, return_when="FIRST_EXCEPTION")
-            if (cancel is not None and cancel.is_set()) or any(f.exception() is not None for f in finished):
-                stop.set()
-                for f in pending:
-                    f.cancel()
-    if cancel is not None and cancel.is_set():
-        raise Cancelled("the render was cancelled")
-    errors = [f.exception() for f in futures if not f.cancelled() and f.exception() is not None]
-    if errors:
-        raise next((e for e in errors if not isinstance(e, Cancelled)), errors[0])  # type: ignore[misc]
+
+    def encode(b: Batch) -> Callable[[threading.Event], object]:
+        return lambda stop: encode_frames(
+            plan,
+            b.chunk,
+            names[b.index],
+            ffmpeg_bin=ffmpeg_bin,
+            on_progress=progress(b.index, b.chunk.frames),
+            cancel=stop,
+            deadline=deadline,
+            encoder_args=args,
+            keys=b.keys,
+        )
+
+    side_by_side([encode(b) for b in batches], workers=PARALLEL, cancel=cancel)
     source_options = input_options(plan.limits.max_source_pixels, ())
     # Where each encoded segment is: its batch's file, from the frame its IDR frame was forced at.
     encoded = {m.index: (names[b.index], at) for b in batches for m, at in zip(b.members, b.keys, strict=True)}
