@@ -82,6 +82,44 @@ def packet_times(path: Path) -> tuple[list[int], list[int], Fraction]:
         return [p.pts for p in packets], [p.dts for p in packets], Fraction(s.time_base)
 
 
+#: SPS fields a player's decoder is set up by: what every GOP of a smart render must share with the source's.
+SPS_FIELDS = (
+    "profile_idc",
+    "level_idc",
+    "pic_width_in_mbs_minus1",
+    "pic_height_in_map_units_minus1",
+    "frame_crop_right_offset",
+    "frame_crop_bottom_offset",
+    "aspect_ratio_idc",
+    "sar_width",
+    "sar_height",
+    "video_full_range_flag",
+    "colour_primaries",
+    "transfer_characteristics",
+    "matrix_coefficients",
+)
+
+
+def sps_of(path: Path) -> list[dict[str, int]]:
+    """Every SPS in ``path``'s video (the avcC's and each in-band one), as ffmpeg's trace_headers reads them."""
+    run = subprocess.run(
+        [gen.ffmpeg_exe(), "-hide_banner", "-i", str(path), "-map", "0:v", "-c", "copy"]
+        + ["-bsf:v", "trace_headers", "-f", "null", "-"],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    found: list[dict[str, int]] = []
+    for line in run.stderr.splitlines():
+        if "Sequence Parameter Set" in line:
+            found.append({})
+        elif found and "=" in line:
+            words = line.split("]", 1)[-1].split()
+            if len(words) >= 4 and words[1] in SPS_FIELDS and words[-2] == "=":
+                found[-1].setdefault(words[1], int(words[-1]))
+    return found
+
+
 def top_level_boxes(path: Path) -> list[str]:
     boxes, data, pos = [], path.read_bytes(), 0
     while pos + 8 <= len(data):
@@ -112,6 +150,11 @@ def check_smart_output(
         mine, theirs = decoded(out, {o for o, _ in pairs}), decoded(src, {s for _, s in pairs})
         for o, s in pairs:
             assert np.array_equal(mine[o], theirs[s]), f"output frame {o} is not source frame {s} bit for bit"
+    # Every GOP, copied or encoded, is decoded with the source's profile, level, picture size, SAR and colour.
+    (source_sps, *_) = sps_of(src)
+    assert source_sps.keys() >= {"profile_idc", "level_idc", "pic_width_in_mbs_minus1"}
+    output_sps = sps_of(out)
+    assert len(output_sps) > len(exp.spans) and all(s == source_sps for s in output_sps), (source_sps, output_sps)
     # One frame duration apart, in presentation and in decode order, across every seam.
     pts, dts, tb = packet_times(out)
     tick = 1 / v.fps / tb
