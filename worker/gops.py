@@ -19,6 +19,8 @@ the limit that way), and a copy decodes nothing that would notice. Anything else
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
 from fractions import Fraction
 from typing import Any
 
@@ -101,7 +103,22 @@ def _nal_check(data: memoryview, avcc: _Avcc) -> bool | str:
 
 
 def scan(info: SourceInfo, *, max_pixels: int) -> GopIndex:
-    """The GOP index of ``info``'s video (an H.264 stream): one pass over its packets, in decode order."""
+    """The GOP index of ``info``'s video (an H.264 stream): one pass over its packets, in decode order.
+
+    Kept for the file as it is (path, size, modification time): every part of a chunked render plans again,
+    and a worker process that takes several parts of one render reads the source's packets once.
+    """
+    stat = os.stat(info.path)
+    assert info.video is not None
+    return _cached((info.path, stat.st_size, stat.st_mtime_ns, info.video.index), max_pixels, info)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached(key: tuple[str, int, int, int], max_pixels: int, info: SourceInfo) -> GopIndex:
+    return _read(info, max_pixels=max_pixels)
+
+
+def _read(info: SourceInfo, *, max_pixels: int) -> GopIndex:
     import av
 
     video = info.video
