@@ -323,3 +323,47 @@ def test_the_plan_covers_every_frame_once_and_copies_every_whole_gop(case):
             if p.src <= s and end <= p.src + p.length:
                 assert set(range(s, end)) <= copied
     assert plan.copied + plan.encoded == timeline.total_units
+
+
+def test_render_cli_says_what_it_copied_and_no_smart_copies_nothing(media, tmp_path):
+    import json
+    import shutil
+    import sys
+
+    exe = shutil.which("render-cli", path=str(Path(sys.executable).parent))
+    assert exe
+    plan = tmp_path / "cut.json"
+    plan.write_text(json.dumps({"segments": [{"start": s.start, "end": s.end} for s in CAMERA_CUT]}))
+    results = {}
+    for flag in ("--smart", "--no-smart"):
+        out = tmp_path / f"out{flag}.mp4"
+        run = subprocess.run(
+            [
+                exe,
+                "render",
+                str(media["cam_gop1s"]),
+                "--cut",
+                str(plan),
+                "--format",
+                "mp4",
+                "-o",
+                str(out),
+                "--quiet",
+                flag,
+            ],
+            capture_output=True,
+            text=True,
+            env={"PATH": "/usr/bin:/bin", "RENDER_NVENC": "off"},
+        )
+        assert run.returncode == 0, run.stderr
+        results[flag] = json.loads(run.stdout)
+    total = expected_for("cam_gop1s", CAMERA_CUT, "mp4").total
+    smart_on, smart_off = results["--smart"], results["--no-smart"]
+    assert smart_on["copied_frames"] > total // 2 and smart_on["copied_frames"] + smart_on["encoded_frames"] == total
+    assert (smart_off["copied_frames"], smart_off["encoded_frames"]) == (0, total)
+    graph = subprocess.run(
+        [exe, "graph", str(media["cam_gop1s"]), "--cut", str(plan), "--format", "mp4", "--no-smart"],
+        capture_output=True,
+        text=True,
+    )
+    assert graph.stdout.startswith("# every frame is encoded (not smart: output.smart is false)"), graph.stdout[:200]
