@@ -108,8 +108,11 @@ def scan(info: SourceInfo, *, max_pixels: int) -> GopIndex:
     Kept for the file as it is (path, size, modification time): every part of a chunked render plans again,
     and a worker process that takes several parts of one render reads the source's packets once.
     """
-    stat = os.stat(info.path)
     assert info.video is not None
+    try:
+        stat = os.stat(info.path)
+    except OSError:  # not a local file (a URL the input allowlist refuses): read, and fail, as the probe does
+        return _read(info, max_pixels=max_pixels)
     return _cached((info.path, stat.st_size, stat.st_mtime_ns, info.video.index), max_pixels, info)
 
 
