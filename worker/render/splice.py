@@ -61,10 +61,7 @@ def _frames(part: Part, rate: Fraction) -> Iterator[tuple[int, Any]]:
     with av.open(part.path, options=part.options or None) as container:
         stream = next(s for s in container.streams if s.index == part.stream)
         tb = Fraction(stream.time_base or 0)
-        origin = part.origin
-        if origin is None:
-            origin = min(Fraction(p.pts) * tb for p in container.demux(stream) if p.size and p.pts is not None)
-            container.seek(0, stream=stream, backward=True)
+        origin = part.origin if part.origin is not None else _first_time(container, stream, tb)
         if part.first > 0:
             # To the keyframe at or before the first frame; the packets before the first one are skipped.
             container.seek(int((origin + Fraction(part.first) / rate) / tb), stream=stream, backward=True)
@@ -84,6 +81,31 @@ def _frames(part: Part, rate: Fraction) -> Iterator[tuple[int, Any]]:
             elif frame == part.end and packet.is_keyframe:
                 return  # the next GOP: every frame of this part came before it, in decode order
             yield frame, packet
+
+
+def _first_time(container: Any, stream: Any, tb: Fraction) -> Fraction:
+    """Seconds of the first frame of ``stream`` (its smallest presentation time), the container rewound."""
+    first = min(Fraction(p.pts) * tb for p in container.demux(stream) if p.size and p.pts is not None)
+    container.seek(0, stream=stream, backward=True)
+    return first
+
+
+def _with_origins(parts: Sequence[Part]) -> list[Part]:
+    """``parts`` with every unknown origin found, once a file: the segments a batch holds share its file."""
+    import av
+
+    found: dict[tuple[str, int], Fraction] = {}
+    out = []
+    for part in parts:
+        if part.origin is None:
+            key = (part.path, part.stream)
+            if key not in found:
+                with av.open(part.path, options=part.options or None) as container:
+                    stream = next(s for s in container.streams if s.index == part.stream)
+                    found[key] = _first_time(container, stream, Fraction(stream.time_base or 0))
+            part = dataclasses.replace(part, origin=found[key])
+        out.append(part)
+    return out
 
 
 def _delay(frames: Sequence[int]) -> int:
@@ -115,6 +137,7 @@ def join_video(
         if deadline is not None and time.monotonic() > deadline:
             raise RenderTimeout("the render ran past its time limit")
 
+    parts = _with_origins(parts)
     timescale, tick = _timescale(rate)
     # The packets' own time base, fixed: the muxer may change the stream's when it writes the header (mp4
     # doubles a timescale under 10000), and each packet is rescaled from this one to whatever it chose.
