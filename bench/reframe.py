@@ -1,8 +1,8 @@
 """Benchmark: what following the speaker adds to a 1080p render (issue 22: at most 10 % of the wall time).
 
 Contenders, interleaved in one run on one machine, the same 20-piece cut (80 % kept) of a 1920x1080 30 fps
-source (fixtures/faces.py's walking astronaut, looped to ``--seconds`` and encoded as a camera would: 1 s
-GOPs with B-frames, 12 Mb/s):
+source (fixtures/faces.py's walking astronaut, or with ``--scene face_talking`` its seated talking head,
+looped to ``--seconds`` and encoded as a camera would: 1 s GOPs with B-frames, 12 Mb/s):
 
 * ``centred``: ``aspect="9:16"`` with the face search switched off (the centred crop): the encode alone;
 * ``following``: ``aspect="9:16"`` as shipped: the face search over the kept pieces, then the same encode.
@@ -12,7 +12,7 @@ as a share of the centred render, and the worker's peak RSS. The two renders enc
 still set against one that pans with the speaker), so the ratio also holds the encoder's cost of the panning;
 the search's own share is the cost the issue bounds::
 
-    python bench/reframe.py [--seconds 32] [--rounds 3] [--resolution 1080p|""] [--grain 8]
+    python bench/reframe.py [--seconds 32] [--rounds 3] [--resolution 1080p|""] [--grain 8] [--scene face_talking]
 """
 
 from __future__ import annotations
@@ -46,10 +46,16 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--resolution", default="1080p", help="the output's tier (1080p: 1080x1920, what platforms want)")
     ap.add_argument("--grain", type=int, default=0, help="temporal sensor noise in the source (ffmpeg noise alls)")
+    ap.add_argument(
+        "--scene",
+        default="face_moving",
+        choices=("face_moving", "face_talking"),
+        help="the walk (moving most of the time, a cut every 8 s) or a seated talking head (shifts once in 8 s)",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-reframe-") as tmp:
         work = Path(tmp)
-        one = scene.make("face_moving", work)
+        one = scene.make(args.scene, work)
         src = work / "long.mp4"
         loops = max(0, -(-args.seconds // scene.SECONDS) - 1)
         # Re-encoded as a camera writes (1 s closed GOPs, B-frames, deblocking), not as the fixture's ultrafast.
@@ -66,17 +72,17 @@ def main() -> int:
         real = faces.sightings
         detect: list[float] = []
 
-        def timed(plan: object) -> object:
+        def timed(plan: object, **kw: object) -> object:
             t0 = time.monotonic()
             try:
-                return real(plan)  # type: ignore[arg-type]
+                return real(plan, **kw)  # type: ignore[arg-type]
             finally:
                 detect.append(time.monotonic() - t0)
 
         walls: dict[str, list[float]] = {"centred": [], "following": []}
         for r in range(args.rounds):
             for name in ("centred", "following") if r % 2 == 0 else ("following", "centred"):
-                faces.sightings = timed if name == "following" else (lambda plan: [])  # type: ignore[assignment]
+                faces.sightings = timed if name == "following" else (lambda plan, **kw: [])  # type: ignore[assignment]
                 t0 = time.monotonic()
                 render(src, segments, spec, work / f"{name}.mp4")
                 walls[name].append(time.monotonic() - t0)
@@ -87,7 +93,7 @@ def main() -> int:
         print(
             json.dumps(
                 {
-                    "source": f"1920x1080 30 fps, {args.seconds} s, 20 pieces keeping 80 %",
+                    "source": f"{args.scene}, 1920x1080 30 fps, {args.seconds} s, 20 pieces keeping 80 %",
                     "output": f"9:16 at {args.resolution or 'the crop size (608x1080)'}",
                     "grain": args.grain,
                     "centred_median_s": round(centred, 2),

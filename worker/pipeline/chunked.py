@@ -289,7 +289,10 @@ def _chunk_part(
         # The crop's path over the whole output, as the coordinator planned it; a message from a coordinator
         # that sent none is planned here (the same faces in the same frames give the same path).
         sent = _crop_path_of(body)
-        plan = dataclasses.replace(plan, crop_path=sent) if sent is not None else faces.follow_speaker(plan)
+        if sent is not None:
+            plan = dataclasses.replace(plan, crop_path=sent)
+        else:
+            plan = faces.follow_speaker(plan, cancel=watch.stop, deadline=deadline)
         lease.index, lease.total, lease.watched = index, cplan.total, True
         frames = cplan.chunks[index].frames
         piece = scratch.path / parts.chunk_file_name(plan.preset, index)

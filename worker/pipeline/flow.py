@@ -231,7 +231,7 @@ def run_render(
                 # Its parts encode on the CPU preset: the record says so from now on, however it ends.
                 deps.records.note(job.render_id, lease.token, {"encoder": "cpu"})
                 # A reframed render's crop path is planned here, once, and travels with every chunk.
-                plan = faces.follow_speaker(plan)
+                plan = faces.follow_speaker(plan, cancel=watch.stop, deadline=deadline)
                 dispatch_chunks(deps, raw, strategy.count, lease.token, wall_deadline, version, plan.crop_path)
                 return None
             result = deps.renderer(

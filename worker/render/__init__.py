@@ -68,7 +68,7 @@ def render(
         split = chunks is not None and chunks > 1
         strategy = planner.strategy_for(plan, settings, split=split, chunks=chunks if split else None)
     # Where the speaker is, for a crop to follow: planned once, for the whole output, before any encode.
-    plan = faces.follow_speaker(plan)
+    plan = faces.follow_speaker(plan, cancel=cancel, deadline=deadline)
     if plan.spec.loudness is not None and plan.loudness is None:
         # Measured once, before any encode, over all the kept audio: one gain for the whole output.
         with scratch.temp_dir("loudness", settings.work_dir) as work:
