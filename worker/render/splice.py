@@ -28,7 +28,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from worker.errors import Cancelled, EncodeError, ErrorCode, RenderTimeout, SourceError
+from worker.errors import Cancelled, DiskFull, EncodeError, ErrorCode, RenderTimeout, SourceError, disk_full_in
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,6 +178,11 @@ def join_video(
                         checked()
                 base += part.frames
     except av.error.FFmpegError as exc:
+        full = disk_full_in(exc)
+        if full is not None:  # the host's fault, retried (PyAV's write error is an OSError, wrapped here)
+            raise DiskFull(
+                f"the worker's disk is full: the smart render's video could not be written ({full.strerror})"
+            ) from exc
         raise SourceError(
             f"the smart render's video could not be joined ({exc})", code=ErrorCode.ENCODE_FAILED
         ) from exc
