@@ -34,6 +34,8 @@ from __future__ import annotations
 import enum
 import errno
 import re
+import threading
+import time
 from typing import Any
 
 #: Longest excerpt of a tenant's value that an error message may quote.
@@ -200,6 +202,16 @@ class Cancelled(RenderError):
 
     code = ErrorCode.INTERNAL_ERROR
     transient = True
+
+
+def check_stopped(cancel: threading.Event | None, deadline: float | None) -> None:
+    """:class:`Cancelled` once ``cancel`` is set, :class:`RenderTimeout` past ``deadline`` (monotonic): what
+    long work in this process (a splice, the face search) checks between packets, as an ffmpeg run is watched.
+    """
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("the render was cancelled")
+    if deadline is not None and time.monotonic() > deadline:
+        raise RenderTimeout("the render ran past its time limit")
 
 
 class CancelRequested(RenderError):

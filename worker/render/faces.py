@@ -27,13 +27,12 @@ import dataclasses
 import math
 import os
 import threading
-import time
 from collections.abc import Iterator
 from fractions import Fraction
 from typing import Any
 
 from worker import reframe
-from worker.errors import Cancelled, ErrorCode, RenderTimeout, SourceError
+from worker.errors import ErrorCode, SourceError, check_stopped
 from worker.planner import Plan
 from worker.probe import input_options
 
@@ -153,12 +152,6 @@ class _Search:
         self.cascade = _cascade()
         self.cancel, self.deadline = cancel, deadline
 
-    def _checked(self) -> None:
-        if self.cancel is not None and self.cancel.is_set():
-            raise Cancelled("the render was cancelled")
-        if self.deadline is not None and time.monotonic() > self.deadline:
-            raise RenderTimeout("the render ran past its time limit")
-
     def seconds(self, pts: int) -> float:
         return float(Fraction(pts) * self.tb - self.zero)
 
@@ -166,9 +159,9 @@ class _Search:
         self.container.seek(int((Fraction(t) + self.zero) / self.tb), stream=self.stream, backward=True)
         self.stream.codec_context.flush_buffers()
 
-    def _packets(self, spans: list[tuple[float, float]]) -> Iterator[tuple[Any, float]]:
+    def _packets(self, spans: list[tuple[float, float]]) -> Iterator[Any]:
         """The stream's packets covering ``spans`` (from the keyframe at or before each, to the first keyframe
-        after it), in file order, with their times; long gaps between spans are sought over."""
+        after it), in file order; long gaps between spans are sought over."""
         at: float | None = None  # time of the last packet read
         for start, end in spans:
             if at is not None and at >= end:
@@ -176,12 +169,12 @@ class _Search:
             if at is None or start - at > SEEK_GAP_S:
                 self._seek(start)
             for packet in self.container.demux(self.stream):
-                self._checked()
+                check_stopped(self.cancel, self.deadline)
                 if packet.pts is None or packet.size == 0:
                     continue
                 t = self.seconds(packet.pts)
                 at = t if at is None else max(at, t)
-                yield packet, t
+                yield packet
                 if packet.is_keyframe and t >= end:
                     break
 
@@ -210,7 +203,7 @@ class _Search:
                 if frame.pts is not None:
                     samples.append(self._look(frame))
 
-        for packet, _t in self._packets(spans):
+        for packet in self._packets(spans):
             if packet.is_keyframe and packet.pts not in done:
                 done.add(packet.pts)
                 out(cc.decode(packet))
@@ -245,7 +238,7 @@ class _Search:
                     if ended:
                         break
                     packet = next(demux, None)
-                    self._checked()
+                    check_stopped(self.cancel, self.deadline)
                     if packet is None or packet.size == 0:  # the end: the decoder gives out what it holds
                         pending, ended = list(cc.decode(None)), True
                         continue

@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from worker.errors import Cancelled, DiskFull, EncodeError, ErrorCode, RenderTimeout, SourceError, disk_full_in
+from worker.errors import DiskFull, EncodeError, ErrorCode, SourceError, check_stopped, disk_full_in
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,12 +130,6 @@ def join_video(
     """
     import av
 
-    def checked() -> None:
-        if cancel is not None and cancel.is_set():
-            raise Cancelled("the render was cancelled")
-        if deadline is not None and time.monotonic() > deadline:
-            raise RenderTimeout("the render ran past its time limit")
-
     parts = _with_origins(parts)
     timescale, tick = _timescale(rate)
     # The packets' own time base, fixed: the muxer may change the stream's when it writes the header (mp4
@@ -144,7 +137,7 @@ def join_video(
     tb = Fraction(1, timescale)
     orders: list[list[int]] = []
     for part in parts:
-        checked()
+        check_stopped(cancel, deadline)
         order = [frame - part.first for frame, _ in _frames(part, rate)]
         if sorted(order) != list(range(part.frames)):
             raise EncodeError(
@@ -175,7 +168,7 @@ def join_video(
                     dst.mux(out)
                     written += 1
                     if written % 256 == 0:
-                        checked()
+                        check_stopped(cancel, deadline)
                 base += part.frames
     except av.error.FFmpegError as exc:
         full = disk_full_in(exc)
