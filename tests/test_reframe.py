@@ -77,12 +77,14 @@ def test_no_face_gives_the_centred_crop(scenes: dict[str, Path]) -> None:
     assert plan.crop_path == (reframe.Knot(0, (1920 - CROP_W) // 2),)
 
 
+@pytest.mark.parametrize("name", ["face_moving", "face_moving_ts"])
 def test_the_detector_looks_a_few_times_a_second_where_the_speaker_moves_and_once_a_gop_where_they_hold(
-    scenes: dict[str, Path],
+    scenes: dict[str, Path], name: str
 ) -> None:
     """Every sighting is where the fixture put the face; the walk (2-5 s) and the cut after the hold (5-6 s) are
-    seen at the design rate, the still stretches (0-2 s, 6-7 s) at the fixture's keyframes (1 s GOPs) only."""
-    plan = plan_render(scenes["face_moving"], None, OutputSpec("mp4", aspect="9:16"))
+    seen at the design rate, the still stretches (0-2 s, 6-7 s) at the fixture's keyframes (1 s GOPs) only.
+    The same in MPEG-TS with B-frames, whose demuxer seeks near a time rather than to a keyframe."""
+    plan = plan_render(scenes[name], None, OutputSpec("mp4", aspect="9:16"))
     seen = faces.sightings(plan)
     fx, _, fw, _ = scene.FACE_BOX
     for f in seen:
@@ -144,6 +146,25 @@ def test_the_search_stops_when_the_render_is_cancelled_or_past_its_time(
     assert time.monotonic() - t0 < whole and not (tmp_path / "c.mp4").exists()
     with pytest.raises(RenderTimeout):
         faces.sightings(plan, deadline=time.monotonic() + whole / 4)
+
+
+def test_the_search_leaves_no_decoder_or_thread_behind(scenes: dict[str, Path]) -> None:
+    """A worker renders job after job in one process: each search's decoders (one a lane, tens of MB at 1080p)
+    are freed when it ends, finished or stopped, not when the garbage collector next runs."""
+    import gc
+
+    plan = plan_render(scenes["face_moving"], None, OutputSpec("mp4", aspect="9:16"))
+    gc.collect()
+    gc.disable()
+    try:
+        assert faces.sightings(plan)
+        with pytest.raises(RenderTimeout):
+            faces.sightings(plan, deadline=time.monotonic() + 0.2)
+        alive = [o for o in gc.get_objects() if isinstance(o, faces._Lane | av.container.InputContainer)]
+    finally:
+        gc.enable()
+    assert alive == []
+    assert not [t for t in threading.enumerate() if t.name.startswith("faces-")]
 
 
 def test_the_speaker_is_the_largest_face_and_a_passer_by_does_not_pull() -> None:
