@@ -19,12 +19,13 @@ import pytest
 import worker.planner
 from fixtures import generate as gen
 from worker import ffmpeg
+from worker.allowlists import ALLOWED_DECODERS
 from worker.errors import ErrorCode, InvalidJob, RenderError
 from worker.output import OutputSpec
 from worker.plan import Segment
 from worker.planner import plan_render
 from worker.presets import load_preset
-from worker.probe import ALLOWED_DECODERS, probe
+from worker.probe import probe
 from worker.render import command_for, render
 from worker.settings import Settings
 

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from fixtures import generate as gen
 from worker import chunks as ch
+from worker.allowlists import FORMAT_WHITELIST
 from worker.cli import main
 from worker.errors import Cancelled, EncodeError
 from worker.graph import build_chunk_graph, chunk_ffmpeg_args
@@ -30,7 +31,6 @@ from worker.output import OutputSpec
 from worker.plan import Segment, Timeline, build_timeline
 from worker.planner import chunk_plan_for, plan_render
 from worker.presets import load_preset
-from worker.probe import FORMAT_WHITELIST
 from worker.render import parts, render
 
 # --- the plan (pure) ------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ LAYERS: dict[str, int] = {
     "worker.errors": 0,
     "worker.settings": 0,
     "worker.logsafe": 0,
+    "worker.allowlists": 0,
     # 1: pure building blocks, and the runner
     "worker.plan": 1,
     "worker.chunks": 1,

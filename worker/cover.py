@@ -25,7 +25,8 @@ from pathlib import Path
 import av
 import av.error
 
-from worker.probe import COVER_CODECS, SourceInfo, input_options
+from worker.allowlists import COVER_CODECS, input_options
+from worker.probe import SourceInfo
 
 # Artwork larger than this is not artwork (podcast hosts ask for at most a few MB); it is dropped.
 MAX_COVER_BYTES = 16 * 1024 * 1024

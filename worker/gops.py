@@ -24,7 +24,8 @@ import os
 from fractions import Fraction
 from typing import Any
 
-from worker.probe import SourceInfo, input_options
+from worker.allowlists import input_options
+from worker.probe import SourceInfo
 
 #: How far (in frames) a packet's time may sit off the frame grid and still count as on it: a time base of
 #: milliseconds (Matroska) rounds 30000/1001 fps frames by up to 0.015 of a frame.

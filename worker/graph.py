@@ -39,12 +39,13 @@ from collections.abc import Sequence
 from fractions import Fraction
 
 from worker import loudness, reframe
+from worker.allowlists import input_options
 from worker.chunks import Chunk, Run
 from worker.encoding import EncodeSettings
 from worker.gops import GopIndex
 from worker.plan import Timeline
 from worker.presets import Preset, Tiers, load_tiers
-from worker.probe import SourceInfo, input_options
+from worker.probe import SourceInfo
 
 #: Output options that blank the per-stream encoder tag ffmpeg writes for each encoded stream.
 #: (+bitexact on the audio encoder: ffmpeg's AAC encoder otherwise writes its version into the first frame.)

@@ -1,31 +1,20 @@
 """Probe a source with PyAV and describe it as a :class:`SourceInfo`.
 
-The probe is also the first line of defence against untrusted uploads:
+The probe is also the first line of defence against untrusted uploads. It opens the file under the policy of
+:mod:`worker.allowlists` (demuxers, the ``file`` protocol only, decoders and their pixel limit, read bounds),
+and on top of it:
 
-* only an allowlist of demuxers may open the file (``format_whitelist``), so a
-  playlist (HLS, ffconcat, ...) disguised as ``.mp4`` is refused *before* its
-  header is parsed, which is the moment such demuxers would open other files;
-* only the ``file`` protocol is allowed, so nothing can reach the network;
-* only an allowlist of decoders may run (``codec_whitelist``), and every decoder
-  refuses frames over the pixel limit (``max_pixels``): a stream whose first
-  frame is 16x16 and whose next one is 16000x16000 cannot make us allocate it;
-* the allowlist applies to the streams a render decodes: once the probe has
-  chosen the video and audio stream, every later open (the probe's own, and
-  ffmpeg's) allows exactly their two decoders. Every other stream (cover art of
-  any codec, subtitles, data tracks such as ``tmcd`` or GoPro's GPMF, mkv font
-  attachments, further video or audio tracks) is listed in
-  :attr:`SourceInfo.ignored` with the reason, is never handed to a decoder, and
-  never refuses a file;
-* the probe's own work is bounded: bytes and time read to find the streams
-  (``probesize``, ``analyzeduration``), the number of streams, and a wall-clock
-  budget for the whole probe, so a crafted file cannot make it spin;
+* the allowlist applies to the streams a render decodes: once the probe has chosen the video and audio
+  stream, every later open (the probe's own, and ffmpeg's) allows exactly their two decoders. Every other
+  stream (cover art of any codec, subtitles, data tracks such as ``tmcd`` or GoPro's GPMF, mkv font
+  attachments, further video or audio tracks) is listed in :attr:`SourceInfo.ignored` with the reason, is
+  never handed to a decoder, and never refuses a file;
+* the probe's own work is bounded by a wall-clock budget (:data:`PROBE_BUDGET_S`: open, first frames, packet
+  scan), so a crafted file cannot make it spin;
 * at least one frame of each stream we rely on must really decode;
-* audio must have a channel count and sample rate an encoder can take (see
-  :data:`MAX_AUDIO_CHANNELS`, :data:`AUDIO_RATE_RANGE`): a tenant's odd source
-  fails as ``source_unreadable`` here, not later as ``encode_failed``.
-
-ffmpeg gets the same allowlists and bounds from :func:`input_options`, so the
-probe and the render look at a source through the same restrictions.
+* audio must have a channel count and sample rate an encoder can take (see :data:`MAX_AUDIO_CHANNELS`,
+  :data:`AUDIO_RATE_RANGE`): a tenant's odd source fails as ``source_unreadable`` here, not later as
+  ``encode_failed``.
 
 Times in :class:`SourceInfo` are on the *render timeline*: seconds from the
 container's start time. That is the timeline ffmpeg's filters see (the ffmpeg
@@ -53,101 +42,10 @@ from typing import Any
 import av
 import av.error
 
+from worker.allowlists import ALLOWED_DECODERS, ALLOWED_DEMUXERS, STILL_IMAGE_DECODERS, decoder_options, input_options
 from worker.errors import ErrorCode, SourceError
 from worker.settings import default_of
 
-# Demuxers a source may be opened with. Names are ffmpeg's demuxer names; the
-# mov demuxer answers to all of "mov,mp4,m4a,3gp,3g2,mj2".
-ALLOWED_DEMUXERS: tuple[str, ...] = (
-    "mov",
-    "mp4",
-    "m4a",
-    "3gp",
-    "3g2",
-    "mj2",
-    "matroska",
-    "webm",
-    "mp3",
-    "wav",
-    "aac",
-    "flac",
-    "ogg",
-    # What GarageBand, Logic and Audacity export; AVCHD camcorders (.mts/.m2ts) and broadcast or stream
-    # recorders (.ts); screen recorders; phone voice recorders (raw AMR; AMR in 3gp opens with "mov").
-    "aiff",
-    "caf",
-    "mpegts",
-    "avi",
-    "amr",
-)
-FORMAT_WHITELIST = ",".join(ALLOWED_DEMUXERS)
-PROTOCOL_WHITELIST = "file"
-
-# Decoders a source may use: what cameras, phones, screen recorders, browsers
-# and podcast tools write for a talking-head video or a podcast. Names are
-# ffmpeg's *decoder* names (``ffmpeg -decoders``), which are what
-# ``codec_whitelist`` matches: mp3 is decoded by ``mp3float``, AV1 by
-# ``libdav1d`` where the build has it. Everything else (image formats, game and
-# legacy codecs, the many exotic decoders a static ffmpeg ships) is refused,
-# which keeps a tenant's bytes away from the least-exercised decoder code.
-ALLOWED_DECODERS: tuple[str, ...] = (
-    # video
-    "h264",
-    "hevc",
-    "vp8",
-    "vp9",
-    "libdav1d",
-    "av1",
-    "mpeg4",
-    "prores",
-    "dnxhd",  # DNxHD and DNxHR in mov: Resolve and Avid exports
-    "mjpeg",
-    # audio
-    "aac",
-    "aac_fixed",
-    "mp3float",
-    "mp3",
-    "opus",
-    "vorbis",
-    "flac",
-    "alac",
-    "ac3",
-    "ac3_fixed",
-    "eac3",
-    "pcm_s16le",
-    "pcm_s16be",
-    "pcm_s24le",
-    "pcm_s24be",
-    "pcm_s32le",
-    "pcm_s32be",
-    "pcm_f32le",
-    "pcm_f32be",
-    "pcm_f64le",
-    "pcm_f64be",
-    "pcm_u8",
-    "pcm_s8",
-    "pcm_alaw",
-    "pcm_mulaw",
-    "pcm_bluray",  # LPCM in AVCHD's m2ts
-    "amrnb",  # phone voice recorders (3gp, .amr)
-    "amrwb",
-)
-CODEC_WHITELIST = ",".join(ALLOWED_DECODERS)
-# Decoders of still pictures. Cover art is never decoded, so the probe's first open (which opens a decoder for
-# every stream it can, to learn the streams' parameters) leaves these out; a video stream that really is
-# MJPEG (an old camera's AVI) gets its decoder in the opens after it has been chosen.
-STILL_IMAGE_DECODERS: tuple[str, ...] = ("mjpeg",)
-# Cover art an m4a or mp3 output can carry (MP4 ``covr`` and ID3 APIC), by decoder name: copied, not decoded.
-COVER_CODECS: tuple[str, ...] = ("mjpeg", "png")
-
-# Bounds on what opening a file may read before the streams are known
-# (ffmpeg's find_stream_info): bytes, and microseconds of media. These are
-# ffmpeg's usual magnitudes, stated so that no build default can widen them.
-PROBESIZE = 10_000_000
-ANALYZEDURATION_US = 10_000_000
-# A talking-head source has a handful of streams; a crafted one may declare
-# thousands, each with its own decoder during find_stream_info.
-MAX_STREAMS = 64
 # Wall-clock budget for one whole probe (open, first frames, packet scan).
 PROBE_BUDGET_S = 30.0
 
@@ -159,28 +57,6 @@ PROBE_BUDGET_S = 30.0
 # gear writes); a header claiming 2^31 Hz is a crafted or corrupt file.
 MAX_AUDIO_CHANNELS = 8
 AUDIO_RATE_RANGE = (8_000, 384_000)
-
-
-def decoder_options(max_pixels: int, decoders: tuple[str, ...] = ALLOWED_DECODERS) -> dict[str, str]:
-    """AVCodecContext options every decoder of a tenant's source is opened with.
-
-    ``decoders``: the decoders allowed; once the streams are chosen, only theirs (:attr:`SourceInfo.decoders`).
-    """
-    allowed = [d for d in decoders if d in ALLOWED_DECODERS]
-    # An empty whitelist would mean "no restriction" to ffmpeg; a name no decoder has allows none.
-    return {"codec_whitelist": ",".join(allowed) or "none", "max_pixels": str(max_pixels)}
-
-
-def input_options(max_pixels: int, decoders: tuple[str, ...] = ALLOWED_DECODERS) -> dict[str, str]:
-    """Every option an input is opened with, by ffmpeg option name (probe and render alike)."""
-    return {
-        "protocol_whitelist": PROTOCOL_WHITELIST,
-        "format_whitelist": FORMAT_WHITELIST,
-        "probesize": str(PROBESIZE),
-        "analyzeduration": str(ANALYZEDURATION_US),
-        "max_streams": str(MAX_STREAMS),
-        **decoder_options(max_pixels, decoders),
-    }
 
 
 # Packets looked at for VFR detection and keyframe spacing: enough to see a few
@@ -296,7 +172,7 @@ class CoverInfo:
     """The source's cover art (an attached picture), copied into m4a and mp3 outputs packet for packet."""
 
     index: int
-    codec: str  # "mjpeg" or "png" (:data:`COVER_CODECS`), or another, which outputs drop with a note
+    codec: str  # "mjpeg" or "png" (:data:`worker.allowlists.COVER_CODECS`), or another, which outputs drop with a note
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,12 +12,13 @@ from fractions import Fraction
 from pathlib import Path
 
 from worker import planner
+from worker.allowlists import input_options
 from worker.errors import InvalidJob
 from worker.exports import FORMATS, export
 from worker.exports.cut import build_cut, media_format_for
 from worker.output import OutputSpec
 from worker.plan import Segment
-from worker.probe import input_options, probe
+from worker.probe import probe
 from worker.settings import Settings
 
 

@@ -35,9 +35,9 @@ from fractions import Fraction
 from typing import Any
 
 from worker import reframe
+from worker.allowlists import input_options
 from worker.errors import ErrorCode, SourceError, check_stopped
 from worker.planner import Plan
-from worker.probe import input_options
 
 #: The design rate: frames a second the detector looks at wherever the speaker is not holding still.
 SAMPLE_FPS = 3

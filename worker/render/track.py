@@ -11,10 +11,10 @@ from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
+from worker.allowlists import input_options
 from worker.gops import GopIndex
 from worker.graph import matching_encoder_args
 from worker.planner import Plan
-from worker.probe import input_options
 from worker.render.encode import encode_frames, piece_preset
 from worker.render.splice import Part, join_video
 from worker.render.together import side_by_side
