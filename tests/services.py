@@ -760,3 +760,35 @@ def webhook_receiver() -> Iterator[WebhookReceiver]:
     """A fresh :class:`WebhookReceiver`; its ``url`` accepts POSTs and answers 200 unless scripted."""
     with WebhookReceiver() as receiver:
         yield receiver
+
+
+# -- a disk that really fills up ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size_mb: int) -> Iterator[Path]:
+    """A tmpfs of ``size_mb`` at ``path``: a worker's work dir that really fills up (needs root, as CI has)."""
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(path)], capture_output=True)
+    if done.returncode != 0:
+        if in_ci():
+            pytest.fail(f"cannot mount a tmpfs (CI runs as root): {done.stderr.decode()}")
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Write a ballast file until the disk is full; returns it."""
+    ballast = disk / "ballast"
+    fd = os.open(ballast, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for block in (1 << 20, 4096, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * block)
+    finally:
+        os.close(fd)
+    return ballast

@@ -6,18 +6,17 @@ in storage, and no traceback for a fault the worker knows.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from farm import SECRET, Farm, alive, farm, ffmpeg_children, verified_events, wait_for
+from services import fill, small_disk
 
 from worker import scratch
 
@@ -125,35 +124,6 @@ def test_an_empty_source_fails_at_once_without_a_download(
 
 
 # -- 2. disk full ----------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def small_disk(path: Path, size_mb: int) -> Iterator[Path]:
-    """A tmpfs of ``size_mb`` at ``path``: a worker's work dir that really fills up (needs root, as CI has)."""
-    path.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(path)], capture_output=True)
-    if done.returncode != 0:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"cannot mount a tmpfs (CI runs as root): {done.stderr.decode()}")
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def fill(disk: Path) -> Path:
-    """Write a ballast file until the disk is full; returns it."""
-    ballast = disk / "ballast"
-    fd = os.open(ballast, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        for block in (1 << 20, 4096, 1):
-            with contextlib.suppress(OSError):
-                while True:
-                    os.write(fd, b"\0" * block)
-    finally:
-        os.close(fd)
-    return ballast
 
 
 @pytest.fixture
