@@ -215,9 +215,17 @@ class _Lane:
                 return None
             packet = next(self.demux, None)
             check_stopped(search.cancel, search.deadline)
-            last = packet is None or packet.size == 0
-            if packet is not None and packet.is_keyframe and self.until is not None and packet.pts is not None:
-                last = last or packet.pts >= self.until  # the next GOP, whose keyframe another lane searched
+            # The stream's end, or the next GOP's keyframe, which another lane searched: read no further.
+            last = (
+                packet is None
+                or packet.size == 0
+                or (
+                    packet.is_keyframe
+                    and self.until is not None
+                    and packet.pts is not None
+                    and packet.pts >= self.until
+                )
+            )
             if last:
                 self.pending, self.ended = list(cc.decode(None)), True  # what the decoder still holds
             else:
@@ -313,9 +321,10 @@ class _Search:
         for start, end in spans:
             if at is not None and at >= end:
                 continue
-            if at is None and start <= self.seek_back_s or at is not None and start - at <= SEEK_GAP_S:
-                pass  # read on: from the first packet, or through a short gap of the cut
-            else:  # a seek, a keyframe interval early: some demuxers land near the time, not on a keyframe
+            # Read on from the first packet, or through a short gap of the cut; else seek, a keyframe interval
+            # early (some demuxers land near the time, not on a keyframe).
+            read_on = start <= self.seek_back_s if at is None else start - at <= SEEK_GAP_S
+            if not read_on:
                 aim = max(Fraction(0), Fraction(start) - Fraction(self.seek_back_s)) + self.zero
                 lane.container.seek(int(aim / self.tb), stream=lane.stream, backward=True)
             # From the keyframe at or before the span's start to the first one after its end.
